@@ -1,0 +1,114 @@
+"""Bias benchmarks: each turns data into scoring requests and scores into metrics.
+
+A benchmark is registered in :data:`BENCHMARKS` under its name; it receives the loaded model and
+tokenizer and an :class:`EvalContext`, and returns a :class:`BenchmarkResult`. Scoring is shared
+(:mod:`biasunlearn.scoring`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from biasunlearn.data.crows_pairs import load_crows_pairs
+from biasunlearn.data.paths import CROWS_PAIRS, STEREOSET_DEV, STEREOSET_TEST, data_file, dataset_checksums
+from biasunlearn.data.splits import split_by_name
+from biasunlearn.data.stereoset import StereoExample
+from biasunlearn.metrics.crows_pairs import crows_pairs_results
+from biasunlearn.metrics.stereoset import predictions_file, stereoset_results
+from biasunlearn.registry import Registry
+from biasunlearn.scoring import Request, ScoringConfig, sequence_logprobs
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EvalContext:
+    data_dir: Path
+    scoring: ScoringConfig
+    split: str = "report"
+    limit: int = 0
+    seed: int = 0
+    control_per_type: int = 50
+
+
+@dataclass
+class BenchmarkResult:
+    metrics: dict[str, Any]
+    data_files: dict[str, str]  # relpath -> sha256
+    n_items: int
+    predictions: dict[str, Any] | None = None  # written as <benchmark>_predictions.json
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+BenchmarkFn = Callable[[Any, Any, EvalContext], BenchmarkResult]
+BENCHMARKS: Registry[BenchmarkFn] = Registry("benchmark", "--benchmarks")
+
+
+def stereoset_requests(examples: list[StereoExample]) -> tuple[list[Request], list[str]]:
+    """Requests for every sentence (intersentence candidates conditioned on their context)."""
+    reqs, ids = [], []
+    for ex in examples:
+        for s in ex.sentences:
+            if ex.task == "intersentence":
+                reqs.append(Request(f"{ex.context} {s.text}", len(ex.context) + 1, group=ex.id))
+            else:
+                reqs.append(Request(s.text, 0, group=ex.id))
+            ids.append(s.id)
+    return reqs, ids
+
+
+def limit_per_task(examples: list[StereoExample], limit: int) -> list[StereoExample]:
+    """The first ``limit`` examples of each task (all when ``limit`` is 0)."""
+    if not limit:
+        return examples
+    seen: dict[str, int] = {}
+    out = []
+    for ex in examples:
+        if seen.get(ex.task, 0) < limit:
+            seen[ex.task] = seen.get(ex.task, 0) + 1
+            out.append(ex)
+    return out
+
+
+def score_stereoset(model, tokenizer, examples: list[StereoExample], cfg: ScoringConfig) -> dict[str, float]:
+    """Sentence id -> score for every sentence of ``examples``."""
+    reqs, ids = stereoset_requests(examples)
+    scores = sequence_logprobs(model, tokenizer, reqs, cfg, desc="StereoSet").scores(cfg.score_method)
+    return dict(zip(ids, scores.tolist(), strict=True))
+
+
+@BENCHMARKS.register("stereoset")
+def run_stereoset(model, tokenizer, ctx: EvalContext) -> BenchmarkResult:
+    examples = split_by_name(ctx.data_dir, ctx.split, seed=ctx.seed, control_per_type=ctx.control_per_type)
+    examples = limit_per_task(examples, ctx.limit)
+    log.info("StereoSet %s split: %d examples (%d sentences)", ctx.split, len(examples), 3 * len(examples))
+    scores = score_stereoset(model, tokenizer, examples, ctx.scoring)
+    files = [STEREOSET_DEV] if ctx.split == "report" else [STEREOSET_TEST]
+    return BenchmarkResult(
+        metrics=stereoset_results(examples, scores),
+        data_files=dataset_checksums(ctx.data_dir, files),
+        n_items=len(examples),
+        predictions=predictions_file(examples, scores),
+        extra={"gold_file": files[0]},
+    )
+
+
+@BENCHMARKS.register("crows_pairs")
+def run_crows_pairs(model, tokenizer, ctx: EvalContext) -> BenchmarkResult:
+    pairs = load_crows_pairs(data_file(ctx.data_dir, CROWS_PAIRS))
+    if ctx.limit:
+        pairs = pairs[: ctx.limit]
+    log.info("CrowS-Pairs: %d pairs", len(pairs))
+    reqs = [Request(t, 0, group=("crows", p.index)) for p in pairs for t in (p.sent_more, p.sent_less)]
+    s = sequence_logprobs(model, tokenizer, reqs, ctx.scoring, desc="CrowS-Pairs").scores(ctx.scoring.score_method)
+    scores = {p.index: (float(s[2 * i]), float(s[2 * i + 1])) for i, p in enumerate(pairs)}
+    return BenchmarkResult(
+        metrics=crows_pairs_results(pairs, scores),
+        data_files=dataset_checksums(ctx.data_dir, [CROWS_PAIRS]),
+        n_items=len(pairs),
+        predictions={"pairs": [{"index": i, "sent_more": a, "sent_less": b} for i, (a, b) in scores.items()]},
+    )

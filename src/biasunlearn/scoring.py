@@ -1,0 +1,337 @@
+"""Batched sequence log-probabilities: the one hot path of evaluation.
+
+A *request* is a text and the character offset from which its tokens are scored. The model sees a
+start token followed by the whole text; the score covers the tokens whose characters end after
+``score_from`` (so for an intersentence candidate ``context + " " + candidate`` only the candidate is
+scored, conditioned on its context, and for an intrasentence sentence the whole sentence is scored,
+its first token conditioned on the start token).
+
+Requests are sorted by length and packed into batches bounded both in sequences and in padded tokens;
+padding is right-sided and masked, so every score equals a one-sequence-at-a-time computation (the
+test suite and ``benchmarks/eval_speed.py`` check this to 1e-4). Optional bf16 autocast trades that
+exactness for speed on CPUs with bf16 support.
+
+Sentence scores (``ScoringConfig.score_method``):
+
+* ``geometric_mean`` (default, StereoSet's reference): ``exp(mean_t log p(x_t | x_<t))``
+* ``mean_logprob``: ``mean_t log p(x_t | x_<t)``
+* ``sum_logprob``: ``sum_t log p(x_t | x_<t)``
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from biasunlearn.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+SCORE_METHODS = ("geometric_mean", "mean_logprob", "sum_logprob")
+
+
+@dataclass
+class ScoringConfig:
+    """How sentences are scored.
+
+    Attributes:
+        score_method: sentence score, one of ``geometric_mean``, ``mean_logprob``, ``sum_logprob``.
+        batch_size: most sequences per forward pass.
+        max_batch_tokens: most padded tokens per forward pass; ``0`` picks a budget from the vocabulary
+            size so that the logits of one batch stay under about 256 MB.
+        bf16: run the forward pass under bf16 autocast (faster on CPUs with bf16 support, scores then
+            differ from float32 by about 1e-3).
+        start_token: token prepended to every sequence; empty picks ``<|endoftext|>`` when the vocabulary
+            has it, else the tokenizer's BOS, else its EOS.
+        share_prefix: compute the common prefix of grouped requests (the candidates of one example)
+            once, packing their continuations behind it with a block attention mask; exact, and about
+            a third fewer tokens on StereoSet. Turn off for models that reject 4D attention masks.
+        progress: show a progress bar with ETA.
+    """
+
+    score_method: str = "geometric_mean"
+    batch_size: int = 64
+    max_batch_tokens: int = 0
+    bf16: bool = False
+    start_token: str = ""
+    share_prefix: bool = True
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.score_method not in SCORE_METHODS:
+            raise ConfigError(f"--score-method: expected one of {', '.join(SCORE_METHODS)}, got {self.score_method!r}")
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.max_batch_tokens < 0:
+            raise ConfigError(f"--max-batch-tokens must be >= 0, got {self.max_batch_tokens}")
+
+
+@dataclass(frozen=True)
+class Request:
+    """Score the tokens of ``text`` whose characters end after ``score_from``.
+
+    Requests with the same non-None ``group`` (for example the three candidates of one StereoSet
+    example) may share the computation of their common token prefix.
+    """
+
+    text: str
+    score_from: int = 0
+    group: object = None
+
+
+@dataclass
+class SequenceLogProbs:
+    """Per-request sums of token log-probabilities and the number of scored tokens."""
+
+    sum_logprob: np.ndarray
+    n_tokens: np.ndarray
+
+    def scores(self, method: str = "geometric_mean") -> np.ndarray:
+        if method == "sum_logprob":
+            return self.sum_logprob.copy()
+        # A request with no scored token has no mean: NaN, which never wins a comparison.
+        mean = np.where(self.n_tokens > 0, self.sum_logprob / np.maximum(self.n_tokens, 1), np.nan)
+        if method == "mean_logprob":
+            return mean
+        if method == "geometric_mean":
+            return np.exp(mean)
+        raise ConfigError(f"unknown score method {method!r}; expected one of {', '.join(SCORE_METHODS)}")
+
+
+def resolve_start_token_id(tokenizer, start_token: str = "") -> int:
+    """The id of the token every scored sequence starts with (see :class:`ScoringConfig`)."""
+    if start_token:
+        tid = tokenizer.convert_tokens_to_ids(start_token)
+        if tid is None or (tid == tokenizer.unk_token_id and start_token != tokenizer.unk_token):
+            raise ConfigError(f"--start-token: {start_token!r} is not a token of this tokenizer")
+        return int(tid)
+    vocab = tokenizer.get_vocab()
+    if "<|endoftext|>" in vocab:
+        return int(vocab["<|endoftext|>"])
+    for tid in (tokenizer.bos_token_id, tokenizer.eos_token_id):
+        if tid is not None:
+            return int(tid)
+    raise ConfigError("the tokenizer has no <|endoftext|>, BOS or EOS token; pass --start-token")
+
+
+@dataclass
+class _Encoded:
+    ids: list[int]
+    first_scored: int  # index into ids of the first scored token (>= 1; ids[0] is the start token)
+
+
+def encode_requests(tokenizer, requests: Sequence[Request], start_id: int) -> list[_Encoded]:
+    """Tokenize requests (offsets decide which tokens are scored) and prepend the start token."""
+    texts = [r.text for r in requests]
+    if getattr(tokenizer, "is_fast", False):
+        enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+        out = []
+        for r, ids, offs in zip(requests, enc["input_ids"], enc["offset_mapping"], strict=True):
+            first = next((i for i, (_, end) in enumerate(offs) if end > r.score_from), len(ids))
+            out.append(_Encoded([start_id, *ids], first + 1))
+        return out
+    # Slow tokenizers have no offsets: encode the unscored prefix and the rest separately.
+    out = []
+    for r in requests:
+        pre = tokenizer.encode(r.text[: r.score_from], add_special_tokens=False) if r.score_from else []
+        rest = tokenizer.encode(r.text[r.score_from :], add_special_tokens=False)
+        out.append(_Encoded([start_id, *pre, *rest], len(pre) + 1))
+    return out
+
+
+def _token_budget(model, cfg: ScoringConfig) -> int:
+    if cfg.max_batch_tokens:
+        return cfg.max_batch_tokens
+    vocab = int(getattr(model.config, "vocab_size", 50_000) or 50_000)
+    # fp32 logits of one batch <= ~256 MB (plus the log-softmax of the scored rows).
+    return max(64, (256 * 2**20) // (4 * vocab))
+
+
+@dataclass
+class _Unit:
+    """One packed row: a shared prefix followed by the continuations of the requests that share it.
+
+    Continuation ``k`` sits at positions ``prefix_len .. prefix_len + len_k - 1`` (position ids restart
+    after the prefix) and attends to the prefix and causally to itself, never to other continuations.
+    """
+
+    prefix: list[int]
+    conts: list[list[int]]
+    members: list[int]
+
+    @property
+    def length(self) -> int:
+        return len(self.prefix) + sum(len(c) for c in self.conts)
+
+
+def _common_prefix_len(seqs: list[list[int]]) -> int:
+    n = min(len(s) for s in seqs)
+    for i in range(n):
+        tok = seqs[0][i]
+        if any(s[i] != tok for s in seqs[1:]):
+            return i
+    return n
+
+
+def _make_units(encoded: list[_Encoded], groups: list[object]) -> list[_Unit]:
+    by_group: dict[object, list[int]] = {}
+    units: list[_Unit] = []
+    for i, g in enumerate(groups):
+        if g is None:
+            units.append(_Unit(encoded[i].ids[:-1], [encoded[i].ids[-1:]], [i]))
+        else:
+            by_group.setdefault(g, []).append(i)
+    for members in by_group.values():
+        seqs = [encoded[i].ids for i in members]
+        # Every continuation keeps at least one token; the start token is always shared.
+        p = max(1, min(_common_prefix_len(seqs), min(len(s) for s in seqs) - 1))
+        units.append(_Unit(seqs[0][:p], [s[p:] for s in seqs], members))
+    return units
+
+
+def _batches(lengths: list[int], batch_size: int, token_budget: int) -> list[list[int]]:
+    """Indices grouped into batches of similar length (longest first, so memory peaks early)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches: list[list[int]] = []
+    cur: list[int] = []
+    for i in order:
+        width = lengths[cur[0]] if cur else lengths[i]  # first is the longest of the batch
+        if cur and (len(cur) >= batch_size or width * (len(cur) + 1) > token_budget):
+            batches.append(cur)
+            cur = []
+        cur.append(i)
+    if cur:
+        batches.append(cur)
+    return batches
+
+
+def _pack(units: list[_Unit], encoded: list[_Encoded], pad_id: int, dtype: torch.dtype, packed: bool):
+    """Tensors for one batch and the (row, predicting position, target, request) of every scored token."""
+    width = max(u.length for u in units)
+    b = len(units)
+    ids = torch.full((b, width), pad_id, dtype=torch.long)
+    pos = torch.zeros((b, width), dtype=torch.long)
+    allowed = torch.zeros((b, width, width), dtype=torch.bool) if packed else None
+    attn2d = torch.zeros((b, width), dtype=torch.long)
+    rows, preds, targets, owners = [], [], [], []
+    for r, u in enumerate(units):
+        p = len(u.prefix)
+        ids[r, :p] = torch.tensor(u.prefix)
+        pos[r, :p] = torch.arange(p)
+        attn2d[r, : u.length] = 1
+        if allowed is not None:
+            allowed[r, :p, :p] = torch.ones(p, p, dtype=torch.bool).tril()
+        off = p
+        for k, cont in enumerate(u.conts):
+            c = len(cont)
+            ids[r, off : off + c] = torch.tensor(cont)
+            pos[r, off : off + c] = torch.arange(p, p + c)
+            if allowed is not None:
+                allowed[r, off : off + c, :p] = True
+                allowed[r, off : off + c, off : off + c] = torch.ones(c, c, dtype=torch.bool).tril()
+            req = u.members[k]
+            full = encoded[req].ids
+            # Position j of the request's own sequence lives at packed index j (< p) or off + j - p.
+            for j in range(encoded[req].first_scored, len(full)):
+                rows.append(r)
+                preds.append(j - 1 if j - 1 < p else off + j - 1 - p)
+                targets.append(full[j])
+                owners.append(req)
+            off += c
+    if allowed is not None:
+        idx = torch.arange(width)
+        allowed[:, idx, idx] = True  # padding rows attend to themselves (no all-masked row)
+        mask = torch.zeros((b, 1, width, width), dtype=dtype)
+        mask.masked_fill_(~allowed[:, None], torch.finfo(dtype).min)
+    else:
+        mask = attn2d
+    long = torch.long
+    return (ids, pos, mask, torch.tensor(rows, dtype=long), torch.tensor(preds, dtype=long),
+            torch.tensor(targets, dtype=long), owners)
+
+
+@torch.inference_mode()
+def sequence_logprobs(
+    model,
+    tokenizer,
+    requests: Sequence[Request],
+    cfg: ScoringConfig | None = None,
+    desc: str = "scoring",
+) -> SequenceLogProbs:
+    """Sum of log-probabilities of the scored tokens of every request, batched.
+
+    Requests with the same ``group`` share their common token prefix: it is computed once, and the
+    continuations are packed after it in one row with a block attention mask (exact, fewer tokens).
+    """
+    cfg = cfg or ScoringConfig()
+    n = len(requests)
+    sums = np.zeros(n, dtype=np.float64)
+    counts = np.zeros(n, dtype=np.int64)
+    if n == 0:
+        return SequenceLogProbs(sums, counts)
+    start_id = resolve_start_token_id(tokenizer, cfg.start_token)
+    encoded = encode_requests(tokenizer, requests, start_id)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else start_id
+    device = next(model.parameters()).device
+    mask_dtype = next(model.parameters()).dtype
+    if cfg.share_prefix:
+        units = _make_units(encoded, [r.group for r in requests])
+    else:
+        units = [_Unit(e.ids[:-1], [e.ids[-1:]], [i]) for i, e in enumerate(encoded)]
+    batches = _batches([u.length for u in units], cfg.batch_size, _token_budget(model, cfg))
+    packed = cfg.share_prefix and any(len(u.conts) > 1 for u in units)
+    sums_t = torch.zeros(n, dtype=torch.float64)
+    with tqdm(total=n, desc=desc, unit="seq", disable=not cfg.progress, leave=False) as bar:
+        for bidx in batches:
+            batch_units = [units[i] for i in bidx]
+            ids, pos, mask, rows, preds, targets, owners = _pack(
+                batch_units, encoded, pad_id, mask_dtype, packed
+            )
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+                logits = model(
+                    input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device)
+                ).logits
+            sel = logits[rows.to(device), preds.to(device)].float()
+            tgt = targets.to(device)
+            tok_lp = sel.gather(-1, tgt[:, None]).squeeze(-1) - torch.logsumexp(sel, dim=-1)
+            owner_t = torch.tensor(owners, dtype=torch.long)
+            sums_t.index_add_(0, owner_t, tok_lp.double().cpu())
+            counts += np.bincount(owners, minlength=n)
+            bar.update(sum(len(u.members) for u in batch_units))
+    sums[:] = sums_t.numpy()
+    empty = int((counts == 0).sum())
+    if empty:
+        log.warning("%d of %d requests had no scored token (empty text after score_from)", empty, n)
+    return SequenceLogProbs(sums, counts)
+
+
+@torch.inference_mode()
+def sequence_logprobs_one_by_one(model, tokenizer, requests: Sequence[Request], start_token: str = "") -> (
+    SequenceLogProbs
+):
+    """Reference: each request alone, no padding, the way the reference implementations score."""
+    start_id = resolve_start_token_id(tokenizer, start_token)
+    encoded = encode_requests(tokenizer, requests, start_id)
+    device = next(model.parameters()).device
+    sums = np.zeros(len(requests))
+    counts = np.zeros(len(requests), dtype=np.int64)
+    for i, e in enumerate(encoded):
+        ids = torch.tensor([e.ids], device=device)
+        logp = torch.log_softmax(model(input_ids=ids).logits[0].float(), dim=-1)
+        total = 0.0
+        for t in range(e.first_scored, len(e.ids)):
+            total += float(logp[t - 1, e.ids[t]])
+        sums[i] = total
+        counts[i] = len(e.ids) - e.first_scored
+    return SequenceLogProbs(sums, counts)
+
+
+def geometric_mean_from_logprob(sum_logprob: float, n_tokens: int) -> float:
+    """``exp(sum / n)``, the geometric mean of the token probabilities."""
+    return math.exp(sum_logprob / max(n_tokens, 1))

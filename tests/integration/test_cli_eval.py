@@ -1,0 +1,99 @@
+"""End to end: ``biasunlearn eval`` on a tiny local model with fixture data."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from biasunlearn.cli.main import main
+from biasunlearn.data.splits import split_by_name
+from biasunlearn.metrics.stereoset import stereoset_results
+
+
+def _run(args, capsys):
+    code = main(args)
+    cap = capsys.readouterr()
+    return code, cap.out, cap.err
+
+
+def test_eval_end_to_end(tiny_model_dir, fixture_data_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    code, stdout, _ = _run(
+        ["-q", "eval", "--model", str(tiny_model_dir), "--data-dir", str(fixture_data_dir),
+         "--benchmarks", "stereoset,crows_pairs", "--out", str(out), "--no-progress", "--batch-size", "5"],
+        capsys,
+    )
+    assert code == 0
+    assert "StereoSet (report split" in stdout and "CrowS-Pairs" in stdout
+    res = json.loads((out / "results.json").read_text())
+    # Provenance: model, data checksums, scoring options, package versions.
+    assert res["model"]["architecture"] == "LlamaForCausalLM"
+    assert set(res["data"]) == {"stereoset/dev.json", "crows_pairs/crows_pairs_anonymized.csv"}
+    assert all(len(v) == 64 for v in res["data"].values())
+    assert res["config"]["scoring"]["score_method"] == "geometric_mean"
+    assert res["packages"]["torch"]
+    st = res["benchmarks"]["stereoset"]["metrics"]
+    report = split_by_name(fixture_data_dir, "report")
+    assert st["both"]["overall"]["Count"] == len(report)
+    # The predictions file is in the official format and reproduces the reported numbers.
+    pred = json.loads((out / "stereoset_predictions.json").read_text())
+    assert set(pred) == {"intrasentence", "intersentence"}
+    scores = {p["id"]: p["score"] for task in pred.values() for p in task}
+    assert len(scores) == 3 * len(report)
+    again = stereoset_results(report, scores)
+    for task in again:
+        for dom in again[task]:
+            for k in ("SS", "LMS", "ICAT"):
+                assert again[task][dom][k] == pytest.approx(st[task][dom][k], abs=1e-9)
+    cp = res["benchmarks"]["crows_pairs"]["metrics"]
+    assert 0 <= cp["overall"]["SS"] <= 100 and cp["overall"]["Count"] == res["benchmarks"]["crows_pairs"]["n_items"]
+
+
+def test_eval_yaml_config_and_flag_override(tiny_model_dir, fixture_data_dir, tmp_path, capsys):
+    cfg = tmp_path / "eval.yaml"
+    cfg.write_text(
+        f"model: {tiny_model_dir}\ndata_dir: {fixture_data_dir}\nbenchmarks: crows_pairs\nlimit: 3\n"
+        "scoring:\n  score_method: sum_logprob\n  progress: false\n"
+    )
+    out = tmp_path / "o"
+    code, _, _ = _run(["-q", "eval", "--config", str(cfg), "--limit", "4", "--out", str(out)], capsys)
+    assert code == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["config"]["limit"] == 4  # the flag wins over the YAML
+    assert res["config"]["scoring"]["score_method"] == "sum_logprob"  # nested YAML section applied
+    assert res["benchmarks"]["crows_pairs"]["n_items"] == 4
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--split", "dev"], "--split"),
+        (["--benchmarks", "stereoset,nope"], "--benchmarks"),
+        (["--score-method", "max"], "--score-method"),
+        (["--model", "/no/such/model"], "/no/such/model"),
+        (["--adapter", "/no/such/adapter"], "--adapter"),
+    ],
+)
+def test_eval_bad_input_is_a_clear_error_and_writes_nothing(
+    args, needle, tiny_model_dir, fixture_data_dir, tmp_path, capsys
+):
+    out = tmp_path / "o"
+    base = ["eval", "--model", str(tiny_model_dir), "--data-dir", str(fixture_data_dir), "--out", str(out),
+            "--no-progress"]
+    code, _, err = _run(base + args, capsys)
+    assert code == 2
+    assert needle in err
+    assert not (out / "results.json").exists()
+
+
+def test_eval_bad_yaml_key(tmp_path, capsys):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("modle: x\n")
+    code, _, err = _run(["eval", "--config", str(cfg)], capsys)
+    assert code == 2 and "modle" in err and str(cfg) in err
+
+
+def test_eval_missing_data_dir(tiny_model_dir, tmp_path, capsys):
+    code, _, err = _run(["eval", "--model", str(tiny_model_dir), "--data-dir", str(tmp_path / "nodata")], capsys)
+    assert code == 2 and "nodata" in err
