@@ -153,7 +153,9 @@ def _overlay(cls: type, base: dict[str, Any], ns: argparse.Namespace, prefix: st
         tp = _base_type(tp)
         if dataclasses.is_dataclass(tp):
             nested = out.get(f.name) or {}
-            out[f.name] = _overlay(tp, nested if isinstance(nested, dict) else {}, ns, prefix)
+            sub = _overlay(tp, nested if isinstance(nested, dict) else {}, ns, prefix)
+            if sub:  # else the field's own default (factory) applies
+                out[f.name] = sub
             continue
         value = getattr(ns, prefix + f.name, _UNSET)
         if value is not _UNSET:
@@ -161,11 +163,17 @@ def _overlay(cls: type, base: dict[str, Any], ns: argparse.Namespace, prefix: st
     return out
 
 
-def build_config(cls: type[T], ns: argparse.Namespace, yaml_path: str | None = None) -> T:
-    """Defaults < YAML file < command-line flags."""
+def build_config(
+    cls: type[T], ns: argparse.Namespace, yaml_path: str | None = None,
+    transform: typing.Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+) -> T:
+    """Defaults < YAML file < command-line flags; ``transform`` may add defaults (e.g. a preset's)."""
     base = load_yaml(yaml_path) if yaml_path else {}
     where = f"--config {yaml_path}" if yaml_path else "config"
-    return from_mapping(cls, _overlay(cls, base, ns), where)
+    values = _overlay(cls, base, ns)
+    if transform is not None:
+        values = transform(values)
+    return from_mapping(cls, values, where)
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

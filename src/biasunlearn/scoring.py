@@ -44,7 +44,7 @@ class ScoringConfig:
         score_method: sentence score, one of ``geometric_mean``, ``mean_logprob``, ``sum_logprob``.
         batch_size: most sequences per forward pass.
         max_batch_tokens: most padded tokens per forward pass; ``0`` picks a budget from the vocabulary
-            size so that the logits of one batch stay under about 256 MB.
+            size so that the logits of one batch stay under about 128 MB.
         bf16: run the forward pass under bf16 autocast (faster on CPUs with bf16 support, scores then
             differ from float32 by about 1e-3).
         start_token: token prepended to every sequence; empty picks ``<|endoftext|>`` when the vocabulary
@@ -149,8 +149,8 @@ def _token_budget(model, cfg: ScoringConfig) -> int:
     if cfg.max_batch_tokens:
         return cfg.max_batch_tokens
     vocab = int(getattr(model.config, "vocab_size", 50_000) or 50_000)
-    # fp32 logits of one batch <= ~256 MB (plus the log-softmax of the scored rows).
-    return max(64, (256 * 2**20) // (4 * vocab))
+    # fp32 logits of one batch <= ~128 MB (the scored rows and their log-softmax take as much again).
+    return max(64, (128 * 2**20) // (4 * vocab))
 
 
 @dataclass
@@ -302,6 +302,7 @@ def sequence_logprobs(
             tok_lp = sel.gather(-1, tgt[:, None]).squeeze(-1) - torch.logsumexp(sel, dim=-1)
             owner_t = torch.tensor(owners, dtype=torch.long)
             sums_t.index_add_(0, owner_t, tok_lp.double().cpu())
+            del logits, sel, tok_lp  # free before the next forward pass allocates its own
             counts += np.bincount(owners, minlength=n)
             bar.update(sum(len(u.members) for u in batch_units))
     sums[:] = sums_t.numpy()

@@ -1,0 +1,235 @@
+"""Training data for BiasUnlearn: per-bias-type forget / retain / KL pools, loss regions, chunks.
+
+From the train split, for each bias type:
+
+* forget = stereotype sentences, plus the *adversarial subset*: a fixed, seeded fraction of that type's
+  anti-stereotype sentences (paper §3, "Adversarial Forget Set");
+* retain = anti-stereotype sentences;
+* KL = unrelated sentences.
+
+When a type is *swapped* (its bias has reversed on the control split) its forget and retain roles are
+exchanged: forget = anti-stereotypes plus the adversarial fraction of stereotypes, retain = stereotypes.
+
+Only a sentence's own tokens count in the losses (its *loss region*): for intersentence examples the
+candidate after its context; for intrasentence examples the tokens from the filled-in blank on
+(``region="from_blank"``), only the filled-in words (``"blank_only"``: the suffix after the blank is
+the same in all three sentences), or the whole sentence (``"sentence"``). Regions are character spans;
+a token is in the region when its character span overlaps it, so a region that starts inside a token
+(e.g. a blank filled right after a quote) still includes that token.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from biasunlearn.data.stereoset import BIAS_TYPES, StereoExample
+from biasunlearn.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+REGIONS = ("from_blank", "blank_only", "sentence")
+
+
+@dataclass(frozen=True)
+class TrainItem:
+    """A sentence to train on: ``text`` with its loss region ``[loss_from, loss_to)`` in characters."""
+
+    text: str
+    loss_from: int
+    loss_to: int
+    bias_type: str
+    label: str
+    example_id: str
+    task: str
+
+
+def _common_prefix(a: str, b: str) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def loss_region(ex: StereoExample, label: str, region: str = "from_blank") -> TrainItem:
+    """The :class:`TrainItem` of the sentence of ``ex`` labelled ``label``."""
+    if region not in REGIONS:
+        raise ConfigError(f"--loss-region: expected one of {', '.join(REGIONS)}, got {region!r}")
+    s = ex.by_label(label).text
+    if ex.task == "intersentence":
+        text = f"{ex.context} {s}"
+        return TrainItem(text, len(ex.context) + 1, len(text), ex.bias_type, label, ex.id, ex.task)
+    if region == "sentence":
+        return TrainItem(s, 0, len(s), ex.bias_type, label, ex.id, ex.task)
+    ctx = ex.context
+    i = ctx.find("BLANK")
+    if i < 0:
+        start, end = 0, len(s)
+    else:
+        prefix, suffix = ctx[:i], ctx[i + len("BLANK"):]
+        # The sentence repeats the context around the blank; tolerate case or spacing differences by
+        # falling back to the longest common prefix.
+        start = i if s.startswith(prefix) else _common_prefix(s.lower(), prefix.lower())
+        end = len(s)
+        if region == "blank_only" and suffix and s.endswith(suffix) and len(s) - len(suffix) > start:
+            end = len(s) - len(suffix)
+    return TrainItem(s, start, end, ex.bias_type, label, ex.id, ex.task)
+
+
+@dataclass
+class Pools:
+    """Per-bias-type sentence pools of the train split."""
+
+    stereo: dict[str, list[TrainItem]]
+    anti: dict[str, list[TrainItem]]
+    unrelated: list[TrainItem]
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        return {t: {"stereotype": len(self.stereo.get(t, [])), "anti-stereotype": len(self.anti.get(t, []))}
+                for t in self.stereo}
+
+
+def build_pools(examples: Sequence[StereoExample], region: str = "from_blank",
+                tasks: Sequence[str] = ("intrasentence", "intersentence")) -> Pools:
+    stereo: dict[str, list[TrainItem]] = {}
+    anti: dict[str, list[TrainItem]] = {}
+    unrelated: list[TrainItem] = []
+    for ex in examples:
+        if ex.task not in tasks:
+            continue
+        stereo.setdefault(ex.bias_type, []).append(loss_region(ex, "stereotype", region))
+        anti.setdefault(ex.bias_type, []).append(loss_region(ex, "anti-stereotype", region))
+        unrelated.append(loss_region(ex, "unrelated", region))
+    if not stereo:
+        raise ConfigError("the train split has no examples for the selected --tasks")
+    order = [t for t in BIAS_TYPES if t in stereo] + sorted(set(stereo) - set(BIAS_TYPES))
+    return Pools({t: stereo[t] for t in order}, {t: anti[t] for t in order}, unrelated)
+
+
+@dataclass
+class SwapState:
+    """Which bias types currently have their forget and retain roles swapped."""
+
+    swapped: dict[str, bool] = field(default_factory=dict)
+
+    def is_swapped(self, bias_type: str) -> bool:
+        return self.swapped.get(bias_type, False)
+
+
+class _Cycler:
+    """Endless shuffled passes over a list (reshuffled each pass)."""
+
+    def __init__(self, items: Sequence[TrainItem], rng: random.Random) -> None:
+        self.items = list(items)
+        self.rng = rng
+        self.order: list[int] = []
+
+    def next(self) -> TrainItem:
+        if not self.order:
+            self.order = list(range(len(self.items)))
+            self.rng.shuffle(self.order)
+        return self.items[self.order.pop()]
+
+
+@dataclass
+class Encoded:
+    input_ids: list[int]
+    loss_mask: list[bool]
+
+
+def encode_item(tokenizer, item: TrainItem, start_id: int, max_length: int = 128) -> Encoded:
+    """Tokens (after the start token) and the mask of those in the item's loss region."""
+    enc = tokenizer(item.text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = [start_id, *enc["input_ids"]][:max_length]
+    mask = [False] + [e > item.loss_from and s < item.loss_to for s, e in enc["offset_mapping"]]
+    return Encoded(ids, mask[: len(ids)])
+
+
+class ChunkStream(torch.utils.data.IterableDataset):
+    """Endless chunks of ``n_forget`` forget, ``n_retain`` retain and ``n_kl`` unrelated sequences.
+
+    Forget and retain items are drawn uniformly from the union of the bias types' current pools (so
+    a type contributes in proportion to its size), each type's pools cycled in shuffled passes; the
+    roles of a type follow ``swap_state``, which the swap callback updates during training.
+    """
+
+    def __init__(self, pools: Pools, tokenizer, start_id: int, *, n_forget: int = 4, n_retain: int = 28,
+                 n_kl: int = 8, adversarial_fraction: float = 0.25, seed: int = 0,
+                 swap_state: SwapState | None = None, max_length: int = 128) -> None:
+        super().__init__()
+        if not 0.0 <= adversarial_fraction <= 1.0:
+            raise ConfigError(f"--adversarial-fraction must be in [0, 1], got {adversarial_fraction}")
+        self.pools, self.tokenizer, self.start_id = pools, tokenizer, start_id
+        self.n_forget, self.n_retain, self.n_kl = n_forget, n_retain, n_kl
+        self.adversarial_fraction = adversarial_fraction
+        self.seed = seed
+        self.swap_state = swap_state or SwapState()
+        self.max_length = max_length
+        rng = random.Random(seed)
+        # Fixed adversarial subsets: a seeded fraction of each type's anti-stereotypes (and of its
+        # stereotypes, used when the type is swapped).
+        self.adv_anti = {t: rng.sample(v, round(adversarial_fraction * len(v))) for t, v in pools.anti.items()}
+        self.adv_stereo = {t: rng.sample(v, round(adversarial_fraction * len(v))) for t, v in pools.stereo.items()}
+
+    def forget_pool(self, t: str) -> list[TrainItem]:
+        if self.swap_state.is_swapped(t):
+            return self.pools.anti[t] + self.adv_stereo[t]
+        return self.pools.stereo[t] + self.adv_anti[t]
+
+    def retain_pool(self, t: str) -> list[TrainItem]:
+        return self.pools.stereo[t] if self.swap_state.is_swapped(t) else self.pools.anti[t]
+
+    def __iter__(self) -> Iterator[dict[str, list[Encoded]]]:
+        info = torch.utils.data.get_worker_info()
+        rng = random.Random(self.seed * 1000 + (info.id if info else 0) + 1)
+        types = list(self.pools.stereo)
+        cyclers: dict[tuple[str, str, bool], _Cycler] = {}
+        kl = _Cycler(self.pools.unrelated, rng)
+
+        def draw(role: str, n: int) -> list[Encoded]:
+            pools = {t: (self.forget_pool(t) if role == "forget" else self.retain_pool(t)) for t in types}
+            sizes = [len(pools[t]) for t in types]
+            out = []
+            for t in rng.choices(types, weights=sizes, k=n):
+                key = (role, t, self.swap_state.is_swapped(t))
+                if key not in cyclers:
+                    cyclers[key] = _Cycler(pools[t], rng)
+                out.append(encode_item(self.tokenizer, cyclers[key].next(), self.start_id, self.max_length))
+            return out
+
+        while True:
+            yield {
+                "forget": draw("forget", self.n_forget),
+                "retain": draw("retain", self.n_retain),
+                "kl": [encode_item(self.tokenizer, kl.next(), self.start_id, self.max_length)
+                       for _ in range(self.n_kl)],
+            }
+
+
+def collate_chunk(chunks: list[dict[str, list[Encoded]]], pad_id: int) -> dict[str, torch.Tensor | list[int]]:
+    """One right-padded batch holding every sequence of the chunk(s), in the order forget, retain, KL.
+
+    ``sizes`` gives the number of sequences of each part, so the trainer can run a single forward pass
+    and split its logits.
+    """
+    parts: dict[str, list[Encoded]] = {"forget": [], "retain": [], "kl": []}
+    for ch in chunks:
+        for k in parts:
+            parts[k].extend(ch[k])
+    seqs = parts["forget"] + parts["retain"] + parts["kl"]
+    width = max(len(s.input_ids) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(seqs), width), dtype=torch.long)
+    lmask = torch.zeros((len(seqs), width), dtype=torch.bool)
+    for i, s in enumerate(seqs):
+        n = len(s.input_ids)
+        ids[i, :n] = torch.tensor(s.input_ids)
+        attn[i, :n] = 1
+        lmask[i, :n] = torch.tensor(s.loss_mask)
+    return {"input_ids": ids, "attention_mask": attn, "loss_mask": lmask,
+            "sizes": [len(parts["forget"]), len(parts["retain"]), len(parts["kl"])]}

@@ -1,0 +1,90 @@
+"""The BiasUnlearn loss terms, as pure functions of logits and log-probabilities.
+
+Notation: ``x`` a sequence, ``y`` the tokens of its loss region (the sentence's own tokens), ``π_θ``
+the policy (base model + LoRA adapter), ``π_ref`` the reference (the same model, adapter disabled).
+All per-token quantities are masked so that only the loss region counts.
+
+Paper: "Unlearning Social Bias in Language Models" (BiasUnlearn), §3, equations (1)-(4).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """``log π(x_t | x_<t)`` for t = 1..T-1, shape ``[B, T-1]`` (position t-1 predicts token t)."""
+    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    return logp.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+
+
+def sequence_logprob(
+    logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: torch.Tensor, normalize: bool = False
+) -> torch.Tensor:
+    """Per-sequence log-likelihood of the loss region, shape ``[B]``.
+
+    ``log π(y|x) = Σ_{t ∈ region} log π(x_t | x_<t)``; with ``normalize`` the sum is divided by the
+    number of region tokens (a length-normalised log-likelihood). ``loss_mask`` is ``[B, T]`` and marks
+    the tokens (not the predicting positions) of the region; position 0 is never a target.
+    """
+    mask = loss_mask[:, 1:].to(torch.float32)
+    total = (token_logprobs(logits, input_ids) * mask).sum(-1)
+    if normalize:
+        total = total / mask.sum(-1).clamp_min(1.0)
+    return total
+
+
+def npo_loss(policy_logprob: torch.Tensor, ref_logprob: torch.Tensor, beta: float = 0.1) -> torch.Tensor:
+    """Negative Preference Optimization forget loss (Zhang et al. 2024; paper eq. 1).
+
+    ``L_Forget = -(2/β) · E_{(x,y) ∈ D_f ∪ D_a} [ log σ( -β · (log π_θ(y|x) - log π_ref(y|x)) ) ]``
+
+    Inputs are per-sequence log-likelihoods ``[B]`` (see :func:`sequence_logprob`); ``ref_logprob`` is
+    treated as a constant. At ``π_θ = π_ref`` the loss is ``(2/β)·log 2`` and its gradient is half
+    that of gradient ascent on ``log π_θ``; it vanishes as ``π_θ(y|x) → 0``, which is what keeps NPO
+    from diverging the way plain gradient ascent does.
+    """
+    ratio = policy_logprob - ref_logprob.detach()
+    return -(2.0 / beta) * F.logsigmoid(-beta * ratio).mean()
+
+
+def gradient_ascent_loss(policy_logprob: torch.Tensor) -> torch.Tensor:
+    """Plain gradient ascent on the forget set: ``L_GA = E[log π_θ(y|x)]`` (minimising it unlearns)."""
+    return policy_logprob.mean()
+
+
+def retention_loss(logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy on the retain (anti-stereotype) set, mean over region tokens (paper eq. 2).
+
+    ``L_Retention = (1/|D_r|) Σ_{(x,y) ∈ D_r} CE(π_θ(·|x), y)``, averaged over the region tokens of
+    the batch.
+    """
+    mask = loss_mask[:, 1:].to(torch.float32)
+    nll = -token_logprobs(logits, input_ids)
+    return (nll * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+def forward_kl(policy_logits: torch.Tensor, ref_logits: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+    """Forward KL to the reference on unrelated sentences, per token, mean over region tokens (eq. 3).
+
+    ``L_KL = E_t [ KL(π_ref(·|x_<t) || π_θ(·|x_<t)) ] = E_t Σ_v π_ref(v) (log π_ref(v) - log π_θ(v))``
+
+    Forward (mass-covering) KL: the policy must keep probability wherever the reference has it. The
+    paper writes the arguments in the other order in eq. (3) while calling it forward KL; we follow
+    the named direction (reference first). ``loss_mask`` is ``[B, T]`` over tokens; the distribution at
+    position t-1 (which predicts token t) counts when token t is in the region.
+    """
+    mask = loss_mask[:, 1:].to(torch.float32)
+    logp = torch.log_softmax(policy_logits[:, :-1].float(), dim=-1)
+    logq = torch.log_softmax(ref_logits[:, :-1].float().detach(), dim=-1)
+    kl = (logq.exp() * (logq - logp)).sum(-1)
+    return (kl * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+def total_loss(
+    forget: torch.Tensor, retain: torch.Tensor, kl: torch.Tensor, weights: tuple[float, float, float] = (0.4, 0.4, 0.2)
+) -> torch.Tensor:
+    """``L = α1·L_Forget + α2·L_Retention + α3·L_KL`` (paper eq. 4; defaults 0.4 / 0.4 / 0.2)."""
+    a1, a2, a3 = weights
+    return a1 * forget + a2 * retain + a3 * kl

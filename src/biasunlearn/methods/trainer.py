@@ -1,0 +1,127 @@
+"""BiasUnlearn on top of ``transformers.Trainer``: a ``compute_loss`` override plus callbacks.
+
+Running on ``Trainer`` brings accelerate (``accelerate launch`` for several processes or GPUs, with
+DeepSpeed or FSDP through their usual configs), checkpoints and ``resume_from_checkpoint``.
+
+Each step's batch is one chunk (forget, retain and KL sequences in one padded batch, see
+:mod:`biasunlearn.methods.data`). The policy runs one forward pass over all of it; the reference is
+the same model with its LoRA adapter disabled (peft's ``disable_adapter``), run without gradients on
+the forget and KL rows only. No second copy of the model is ever held in memory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import Trainer, TrainerCallback
+
+from biasunlearn.errors import BiasUnlearnError
+from biasunlearn.methods.data import SwapState
+from biasunlearn.methods.objective import Method, ObjectiveWeights, objective
+
+log = logging.getLogger(__name__)
+
+
+class TrainingDiverged(BiasUnlearnError):
+    """A loss became NaN or infinite."""
+
+
+def _unwrap(model):
+    while hasattr(model, "module"):  # DDP / DeepSpeed wrappers
+        model = model.module
+    return model
+
+
+def chunk_loss(model, inputs: dict[str, Any], method: Method, weights: ObjectiveWeights) -> dict[str, torch.Tensor]:
+    """The loss terms of one chunk: one policy forward over all rows, one reference forward (adapter
+    disabled, no gradients) over the forget and KL rows."""
+    from biasunlearn.methods.losses import sequence_logprob
+
+    ids, attn, lmask = inputs["input_ids"], inputs["attention_mask"], inputs["loss_mask"]
+    nf, nr, nk = (int(x) for x in inputs["sizes"])
+    f, r, k = slice(0, nf), slice(nf, nf + nr), slice(nf + nr, nf + nr + nk)
+    logits = model(input_ids=ids, attention_mask=attn).logits
+
+    ref_f_lp = ref_k_logits = None
+    need_ref_f = method.forget == "npo" and nf > 0
+    need_ref_k = method.kl and nk > 0
+    if need_ref_f or need_ref_k:
+        rows = torch.cat([torch.arange(nf), torch.arange(nf + nr, nf + nr + nk)]).to(ids.device)
+        if not need_ref_f:
+            rows = rows[nf:]
+        with torch.no_grad(), _unwrap(model).disable_adapter():
+            ref_logits = model(input_ids=ids[rows], attention_mask=attn[rows]).logits
+        if need_ref_f:
+            ref_f_lp = sequence_logprob(ref_logits[:nf], ids[f], lmask[f], normalize=weights.normalize_forget)
+            ref_k_logits = ref_logits[nf:]
+        else:
+            ref_k_logits = ref_logits
+    return objective(
+        method, weights,
+        forget_logits=logits[f], forget_ids=ids[f], forget_mask=lmask[f], forget_ref_logprob=ref_f_lp,
+        retain_logits=logits[r], retain_ids=ids[r], retain_mask=lmask[r],
+        kl_logits=logits[k], kl_ref_logits=ref_k_logits, kl_mask=lmask[k],
+    )
+
+
+class BiasUnlearnTrainer(Trainer):
+    """``Trainer`` whose loss is a :class:`Method`'s combination of the BiasUnlearn terms."""
+
+    def __init__(self, *args, method: Method, weights: ObjectiveWeights, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.method = method
+        self.weights = weights
+        self._terms: dict[str, list[float]] = defaultdict(list)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        terms = chunk_loss(model, inputs, self.method, self.weights)
+        for name, value in terms.items():
+            v = float(value.detach())
+            if not math.isfinite(v):
+                raise TrainingDiverged(
+                    f"the {name} loss became {v} at step {self.state.global_step}; the last good checkpoint "
+                    f"in {self.args.output_dir} is kept (lower --learning-rate, or resume from it)"
+                )
+            self._terms[name].append(v)
+        return terms["loss"]
+
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        if self._terms and "loss" in logs:
+            for name, values in self._terms.items():
+                if name != "loss":
+                    logs[f"loss_{name}"] = round(sum(values) / len(values), 6)
+            self._terms.clear()
+        super().log(logs, *args, **kwargs)
+
+
+class JsonlLogCallback(TrainerCallback):
+    """Appends every log record (loss terms, learning rate, control readings) to a JSONL file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and state.is_world_process_zero:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps({"step": state.global_step, **logs}) + "\n")
+
+
+def save_swap_state(folder: Path, state: SwapState, history: list[dict[str, Any]]) -> None:
+    from biasunlearn.utils import atomic_write_json
+
+    atomic_write_json(Path(folder) / "biasunlearn_state.json", {"swapped": state.swapped, "history": history})
+
+
+def load_swap_state(folder: Path) -> tuple[dict[str, bool], list[dict[str, Any]]]:
+    p = Path(folder) / "biasunlearn_state.json"
+    if not p.is_file():
+        return {}, []
+    d = json.loads(p.read_text())
+    return dict(d.get("swapped", {})), list(d.get("history", []))

@@ -1,0 +1,141 @@
+"""The report of ``biasunlearn run``: before/after tables and plots of the training run."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from biasunlearn.data.stereoset import BIAS_TYPES
+from biasunlearn.utils import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def stereoset_table(before: dict[str, Any], after: dict[str, Any], task: str = "both") -> str:
+    b = before["benchmarks"]["stereoset"]["metrics"][task]
+    a = after["benchmarks"]["stereoset"]["metrics"][task]
+    rows = ["| domain | SS before | SS after | LMS before | LMS after | ΔLMS | ICAT before | ICAT after |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for dom in [*BIAS_TYPES, "overall"]:
+        if dom in b and dom in a:
+            rows.append(f"| {dom} | {b[dom]['SS']:.2f} | {a[dom]['SS']:.2f} | {b[dom]['LMS']:.2f} | "
+                        f"{a[dom]['LMS']:.2f} | {a[dom]['LMS'] - b[dom]['LMS']:+.2f} | {b[dom]['ICAT']:.2f} | "
+                        f"{a[dom]['ICAT']:.2f} |")
+    return "\n".join(rows)
+
+
+def crows_table(before: dict[str, Any], after: dict[str, Any]) -> str:
+    b = before["benchmarks"]["crows_pairs"]["metrics"]
+    a = after["benchmarks"]["crows_pairs"]["metrics"]
+    rows = ["| bias type | n | SS before | SS after | closer to 50 |", "|---|---:|---:|---:|:---:|"]
+    for k in b:
+        if k in a:
+            closer = "yes" if abs(a[k]["SS"] - 50) < abs(b[k]["SS"] - 50) else "no"
+            rows.append(f"| {k} | {b[k]['Count']} | {b[k]['SS']:.2f} | {a[k]['SS']:.2f} | {closer} |")
+    return "\n".join(rows)
+
+
+def plot_ss_per_domain(before: dict[str, Any], after: dict[str, Any], path: Path) -> None:
+    plt = _plt()
+    b = before["benchmarks"]["stereoset"]["metrics"]["both"]
+    a = after["benchmarks"]["stereoset"]["metrics"]["both"]
+    doms = [d for d in [*BIAS_TYPES, "overall"] if d in b and d in a]
+    x = range(len(doms))
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    ax.bar([i - 0.2 for i in x], [b[d]["SS"] for d in doms], width=0.4, label="before")
+    ax.bar([i + 0.2 for i in x], [a[d]["SS"] for d in doms], width=0.4, label="after")
+    ax.axhline(50, color="k", lw=1, ls="--", label="ideal (50)")
+    ax.set_xticks(list(x), doms)
+    ax.set_ylabel("StereoSet SS (%)")
+    lo = min(min(b[d]["SS"], a[d]["SS"]) for d in doms)
+    ax.set_ylim(max(0, min(40, lo - 5)), max(70, max(b[d]["SS"] for d in doms) + 5))
+    ax.set_title("SS per domain, report split (both tasks)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_loss_terms(train_log: list[dict[str, Any]], path: Path) -> None:
+    plt = _plt()
+    keys = [k for k in ("loss", "loss_forget", "loss_retain", "loss_kl") if any(k in r for r in train_log)]
+    fig, axes = plt.subplots(1, max(1, len(keys)), figsize=(3.2 * max(1, len(keys)), 3), squeeze=False)
+    for ax, k in zip(axes[0], keys, strict=False):
+        pts = [(r["step"], r[k]) for r in train_log if k in r]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], lw=1)
+        ax.set_title(k.replace("loss_", "") if k != "loss" else "total")
+        ax.set_xlabel("step")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_control(history: list[dict[str, Any]], path: Path) -> None:
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
+    steps = [h["step"] for h in history]
+    for t in BIAS_TYPES:
+        if all(t in h["types"] for h in history):
+            axes[0].plot(steps, [h["types"][t]["SS"] for h in history], marker=".", label=t)
+            axes[1].plot(steps, [h["types"][t]["gap"] for h in history], marker=".", label=t)
+    for h in history:
+        for t in h.get("changed", []):
+            state = "swap" if h["swapped"].get(t) else "unswap"
+            axes[0].axvline(h["step"], color="grey", lw=0.6, ls=":")
+            axes[0].annotate(f"{state} {t}", (h["step"], 50), fontsize=6, rotation=90, va="bottom")
+    axes[0].axhline(50, color="k", lw=1, ls="--")
+    axes[0].set_title("control SS per type (dotted: swaps)")
+    axes[1].axhline(0, color="k", lw=1, ls="--")
+    axes[1].set_title("control log-prob gap (stereo - anti)")
+    for ax in axes:
+        ax.set_xlabel("step")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_run_report(out: Path, before: dict[str, Any], after: dict[str, Any], provenance: dict[str, Any],
+                     train_log: list[dict[str, Any]], command: str) -> Path:
+    """Write ``report.md`` and its plots into ``out``; returns the Markdown path."""
+    out = Path(out)
+    plot_ss_per_domain(before, after, out / "ss_per_domain.png")
+    plot_loss_terms(train_log, out / "loss_terms.png")
+    if provenance.get("control_history"):
+        plot_control(provenance["control_history"], out / "control.png")
+    sel = provenance.get("selected", {})
+    lines = [
+        f"# biasunlearn run: {provenance['base_model']['name']}",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Method `{provenance['method']}`, {provenance['steps']} steps in {provenance['train_seconds']} s; "
+        f"adapter kept from step {sel.get('step')}"
+        + (f" (control ICAT {sel['ICAT']:.2f})." if "ICAT" in sel else "."),
+        "",
+        "## StereoSet, report split (dev.json), both tasks",
+        "",
+        stereoset_table(before, after),
+        "",
+    ]
+    for task in ("intrasentence", "intersentence"):
+        if task in before["benchmarks"]["stereoset"]["metrics"]:
+            lines += [f"### {task}", "", stereoset_table(before, after, task), ""]
+    if "crows_pairs" in before["benchmarks"] and "crows_pairs" in after["benchmarks"]:
+        lines += ["## CrowS-Pairs (% preferring the stereotype; 50 ideal)", "", crows_table(before, after), ""]
+    lines += ["## Plots", "", "![SS per domain](ss_per_domain.png)", "", "![loss terms](loss_terms.png)", ""]
+    if provenance.get("control_history"):
+        lines += ["![control signal](control.png)", ""]
+    path = out / "report.md"
+    atomic_write_text(path, "\n".join(lines))
+    return path

@@ -1,0 +1,290 @@
+"""``biasunlearn.train``: BiasUnlearn (or an ablation / unlearning baseline) on any causal LM, with LoRA.
+
+Writes to ``out``:
+
+* ``adapter/``: a peft adapter folder (``PeftModel.from_pretrained`` loads it) with
+  ``provenance.json`` (base model and weight checksum, data sha256s, the full config, package
+  versions, control readings); written atomically;
+* ``checkpoints/``: Trainer checkpoints (``--resume`` continues from the latest after a kill);
+* ``train_log.jsonl``: one record per step (each loss term, learning rate) and per control reading.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from biasunlearn.data.paths import STEREOSET_DEV, STEREOSET_TEST, dataset_checksums, resolve_data_dir
+from biasunlearn.data.splits import make_splits
+from biasunlearn.errors import ConfigError
+from biasunlearn.methods.control import ControlCallback, ControlConfig
+from biasunlearn.methods.data import REGIONS, ChunkStream, SwapState, build_pools, collate_chunk
+from biasunlearn.methods.objective import METHODS, ObjectiveWeights
+from biasunlearn.models import DEFAULT_MODEL, load_model_and_tokenizer, lora_target_modules, model_info
+from biasunlearn.scoring import ScoringConfig, resolve_start_token_id
+from biasunlearn.utils import atomic_directory, atomic_write_json, package_versions
+
+log = logging.getLogger(__name__)
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # A few minutes on a 2-core CPU: shows the whole loop (control readings, swaps, adapter, report).
+    "quick": {"max_steps": 12, "control_every": 4, "control_per_type": 20, "n_retain": 12, "n_kl": 4,
+              "save_steps": 6},
+}
+
+
+@dataclass
+class TrainConfig:
+    """Options of ``biasunlearn train``.
+
+    Attributes:
+        model: built-in alias, hub id, local checkpoint folder or .gguf file.
+        out: output folder (adapter/, checkpoints/, train_log.jsonl).
+        method: biasunlearn, or an ablation (no_retention, no_kl, no_adversarial, no_swapping) or an
+            unlearning baseline (ga, npo, graddiff).
+        preset: named set of defaults applied before the YAML file and flags (quick).
+        data_dir: benchmark data folder (default: $BIASUNLEARN_DATA, then the user cache).
+        seed: seed of the control split, the data order and the adapter initialisation.
+        learning_rate: peak AdamW learning rate (linear schedule).
+        warmup_steps: linear warm-up steps.
+        max_steps: step budget.
+        n_forget: forget sequences per step (paper: 4).
+        n_retain: retain sequences per step (paper: 28).
+        n_kl: unrelated sequences per step for the KL term.
+        adversarial_fraction: share of each type's anti-stereotypes added to its forget set (0 = none).
+        beta: NPO inverse temperature.
+        w_forget: weight of the forget term (paper: 0.4).
+        w_retain: weight of the retention term (paper: 0.4).
+        w_kl: weight of the KL term (paper: 0.2).
+        normalize_forget: length-normalise the per-sequence log-likelihood in the NPO term.
+        loss_region: intrasentence loss region: from_blank, blank_only or sentence.
+        tasks: StereoSet tasks to train on (comma-separated).
+        max_length: longest training sequence in tokens.
+        lora_r: LoRA rank.
+        lora_alpha: LoRA alpha.
+        lora_dropout: LoRA dropout.
+        target_modules: comma-separated LoRA target modules (empty: chosen for the architecture).
+        control_per_type: control examples per bias type held out of train.
+        control_signal: ss (the paper's rule) or gap (log-probability gap with its standard error).
+        control_every: steps between control readings.
+        control_threshold: SS tolerance around 50 for control_signal ss.
+        control_z: tolerance in standard errors for control_signal gap.
+        early_stop: stop once every bias type is balanced on the control split.
+        keep_best: restore the adapter of the best control ICAT at the end.
+        save_steps: steps between checkpoints.
+        resume: resume from the latest checkpoint in out/checkpoints.
+        dtype: model weights dtype (float32, bfloat16, float16, auto).
+        train_bf16: bf16 mixed-precision training (on hardware that supports it).
+        device: cpu, cuda, cuda:N or auto.
+        cache_dir: where built-in and GGUF models are converted.
+        trust_remote_code: allow model code from the checkpoint.
+        scoring: scoring options of the control readings.
+    """
+
+    model: str = DEFAULT_MODEL
+    out: str = "runs/train"
+    method: str = "biasunlearn"
+    preset: str = ""
+    data_dir: str = ""
+    seed: int = 0
+    learning_rate: float = 5e-5
+    warmup_steps: int = 0
+    max_steps: int = 400
+    n_forget: int = 4
+    n_retain: int = 28
+    n_kl: int = 8
+    adversarial_fraction: float = 0.25
+    beta: float = 0.1
+    w_forget: float = 0.4
+    w_retain: float = 0.4
+    w_kl: float = 0.2
+    normalize_forget: bool = False
+    loss_region: str = "from_blank"
+    tasks: str = "intrasentence,intersentence"
+    max_length: int = 128
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.1
+    target_modules: str = ""
+    control_per_type: int = 50
+    control_signal: str = "gap"
+    control_every: int = 10
+    control_threshold: float = 2.0
+    control_z: float = 1.0
+    early_stop: bool = True
+    keep_best: bool = True
+    save_steps: int = 50
+    resume: bool = False
+    dtype: str = "float32"
+    train_bf16: bool = False
+    device: str = "cpu"
+    cache_dir: str = ""
+    trust_remote_code: bool = False
+    scoring: ScoringConfig = field(default_factory=lambda: ScoringConfig(progress=False))
+
+    def __post_init__(self) -> None:
+        METHODS.get(self.method)
+        if self.preset and self.preset not in PRESETS:
+            raise ConfigError(f"--preset: unknown preset {self.preset!r}; available: {', '.join(PRESETS)}")
+        if self.loss_region not in REGIONS:
+            raise ConfigError(f"--loss-region: expected one of {', '.join(REGIONS)}, got {self.loss_region!r}")
+        if self.learning_rate <= 0:
+            raise ConfigError(f"--learning-rate must be > 0, got {self.learning_rate}")
+        if self.max_steps < 1:
+            raise ConfigError(f"--max-steps must be >= 1, got {self.max_steps}")
+        for name in ("n_forget", "n_retain", "n_kl"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 0")
+        ControlConfig(signal=self.control_signal, every=self.control_every)
+
+    def task_list(self) -> tuple[str, ...]:
+        tasks = tuple(t.strip() for t in self.tasks.split(",") if t.strip())
+        bad = [t for t in tasks if t not in ("intrasentence", "intersentence")]
+        if bad or not tasks:
+            raise ConfigError(f"--tasks: expected intrasentence and/or intersentence, got {self.tasks!r}")
+        return tasks
+
+
+def with_preset(values: dict[str, Any]) -> dict[str, Any]:
+    """Apply a preset's defaults under explicitly given values."""
+    preset = values.get("preset") or ""
+    if preset and preset not in PRESETS:
+        raise ConfigError(f"--preset: unknown preset {preset!r}; available: {', '.join(PRESETS)}")
+    return {**PRESETS.get(preset, {}), **values}
+
+
+def _make_peft(model, cfg: TrainConfig):
+    from peft import LoraConfig, get_peft_model
+
+    targets = [t.strip() for t in cfg.target_modules.split(",") if t.strip()] or lora_target_modules(model)
+    lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=targets, task_type="CAUSAL_LM", bias="none")
+    return get_peft_model(model, lcfg), targets
+
+
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    """Train an adapter; returns the provenance record (also written to ``out/adapter/provenance.json``)."""
+    from transformers import TrainingArguments, set_seed
+
+    from biasunlearn.methods.trainer import (
+        BiasUnlearnTrainer,
+        JsonlLogCallback,
+        load_swap_state,
+    )
+
+    method = METHODS.get(cfg.method)
+    tasks = cfg.task_list()
+    out = Path(cfg.out)
+    set_seed(cfg.seed)
+    data_dir = resolve_data_dir(cfg.data_dir or None)
+    splits = make_splits(data_dir, control_per_type=cfg.control_per_type, seed=cfg.seed)
+    model, tok, resolved = load_model_and_tokenizer(
+        cfg.model, dtype=cfg.dtype, device=cfg.device, cache_dir=Path(cfg.cache_dir) if cfg.cache_dir else None,
+        trust_remote_code=cfg.trust_remote_code,
+    )
+    info = model_info(model, tok, resolved)
+    model, targets = _make_peft(model, cfg)
+    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    log.info("LoRA r=%d on %s: %d trainable parameters", cfg.lora_r, ",".join(targets), n_trainable)
+
+    pools = build_pools(splits.train, cfg.loss_region, tasks)
+    swap = SwapState()
+    history: list[dict[str, Any]] = []
+    ckpt_dir = out / "checkpoints"
+    resume_from = None
+    if cfg.resume:
+        ckpts = sorted(ckpt_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+        if not ckpts:
+            raise ConfigError(f"--resume: no checkpoint found in {ckpt_dir}")
+        resume_from = str(ckpts[-1])
+        swap.swapped, history = load_swap_state(ckpts[-1])
+        log.info("resuming from %s (swapped: %s)", resume_from, swap.swapped)
+    elif (out / "adapter").exists():
+        raise ConfigError(f"--out: {out / 'adapter'} already exists; choose another --out or remove it")
+
+    start_id = resolve_start_token_id(tok, cfg.scoring.start_token)
+    adv = cfg.adversarial_fraction if method.adversarial else 0.0
+    stream = ChunkStream(pools, tok, start_id, n_forget=cfg.n_forget if method.forget != "none" else 0,
+                         n_retain=cfg.n_retain if method.retain else 0, n_kl=cfg.n_kl if method.kl else 0,
+                         adversarial_fraction=adv, seed=cfg.seed, swap_state=swap, max_length=cfg.max_length)
+    ccfg = ControlConfig(signal=cfg.control_signal, every=cfg.control_every, threshold=cfg.control_threshold,
+                         z=cfg.control_z, swapping=method.swapping, early_stop=cfg.early_stop, keep_best=cfg.keep_best)
+    control_cb = ControlCallback(tok, splits.control, ccfg, swap, cfg.scoring, history)
+    args = TrainingArguments(
+        output_dir=str(ckpt_dir), max_steps=cfg.max_steps, learning_rate=cfg.learning_rate,
+        lr_scheduler_type="linear", warmup_steps=cfg.warmup_steps, optim="adamw_torch",
+        per_device_train_batch_size=1, gradient_accumulation_steps=1, logging_steps=1,
+        save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=2, report_to=[],
+        remove_unused_columns=False, seed=cfg.seed, data_seed=cfg.seed, dataloader_num_workers=0,
+        use_cpu=cfg.device == "cpu", bf16=cfg.train_bf16, disable_tqdm=False,
+        accelerator_config={"dispatch_batches": False},
+    )
+    trainer = BiasUnlearnTrainer(
+        model=model, args=args, train_dataset=stream,
+        data_collator=partial(collate_chunk, pad_id=tok.pad_token_id if tok.pad_token_id is not None else start_id),
+        method=method,
+        weights=ObjectiveWeights(cfg.w_forget, cfg.w_retain, cfg.w_kl, cfg.beta, cfg.normalize_forget),
+        callbacks=[JsonlLogCallback(out / "train_log.jsonl"), control_cb, _StateSaver(swap, history)],
+    )
+    t0 = time.time()
+    trainer.train(resume_from_checkpoint=resume_from)
+    train_s = time.time() - t0
+    last = control_cb.history[-1] if control_cb.history else None
+    if last is None or last["step"] != trainer.state.global_step:
+        control_cb._read(trainer.model, trainer.state.global_step, trainer.control)
+    best = control_cb.restore_best(trainer.model)
+
+    files = [STEREOSET_TEST, STEREOSET_DEV]
+    record = {
+        "biasunlearn_version": package_versions(("biasunlearn",))["biasunlearn"],
+        "method": method.name,
+        "base_model": info,
+        "lora": {"r": cfg.lora_r, "alpha": cfg.lora_alpha, "dropout": cfg.lora_dropout, "target_modules": targets,
+                 "trainable_parameters": n_trainable},
+        "config": asdict(cfg),
+        "data": dataset_checksums(data_dir, files),
+        "splits": {"seed": cfg.seed, "counts": splits.counts(), "dropped_for_leakage": splits.dropped_for_leakage},
+        "packages": package_versions(),
+        "steps": trainer.state.global_step,
+        "train_seconds": round(train_s, 1),
+        "selected": best or {"step": trainer.state.global_step},
+        "final_swaps": dict(swap.swapped),
+        "control_history": control_cb.history,
+    }
+    with atomic_directory(out / "adapter") as tmp:
+        trainer.model.save_pretrained(str(tmp), safe_serialization=True)
+        atomic_write_json(tmp / "provenance.json", record)
+    log.info("adapter written to %s", out / "adapter")
+    return record
+
+
+class _StateSaver:
+    """Saves the swap state and the control history into every checkpoint (for ``--resume``)."""
+
+    def __init__(self, swap: SwapState, history: list[dict[str, Any]]) -> None:
+        self.swap, self.history = swap, history
+
+    def __getattr__(self, name: str):
+        # TrainerCallback interface: every other event is a no-op.
+        if name.startswith("on_"):
+            return lambda *a, **k: None
+        raise AttributeError(name)
+
+    def on_save(self, args, state, control, **kwargs):
+        from biasunlearn.methods.trainer import save_swap_state
+
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if folder.is_dir():
+            save_swap_state(folder, self.swap, self.history)
+
+
+def read_train_log(out: str | Path) -> list[dict[str, Any]]:
+    p = Path(out) / "train_log.jsonl"
+    if not p.is_file():
+        return []
+    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]

@@ -1,0 +1,114 @@
+"""BiasUnlearn training end to end on a tiny local model with fixture data (seconds)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from biasunlearn.cli.main import main
+from biasunlearn.errors import ConfigError
+from biasunlearn.train import TrainConfig, train
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def _cfg(tiny_model_dir, fixture_data_dir, out, **kw):
+    base = dict(model=str(tiny_model_dir), data_dir=str(fixture_data_dir), out=str(out), control_per_type=1,
+                max_steps=4, control_every=2, n_forget=2, n_retain=4, n_kl=2, save_steps=2, learning_rate=1e-3,
+                early_stop=False, keep_best=False)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_train_writes_loadable_adapter_and_changes_only_lora(tiny_model_dir, fixture_data_dir, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "run"
+    rec = train(_cfg(tiny_model_dir, fixture_data_dir, out))
+    adapter = out / "adapter"
+    assert (adapter / "adapter_model.safetensors").is_file()
+    prov = json.loads((adapter / "provenance.json").read_text())
+    assert prov["method"] == "biasunlearn" and prov["steps"] == 4
+    assert prov["base_model"]["weights_checksum"] and set(prov["data"]) == {"stereoset/test.json", "stereoset/dev.json"}
+    assert len(prov["control_history"]) >= 3  # steps 0, 2, 4
+    assert rec["lora"]["target_modules"]
+    # The per-step log holds every loss term.
+    log = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
+    steps = [r for r in log if "loss_forget" in r]
+    assert len(steps) == 4 and all({"loss_retain", "loss_kl"} <= set(r) for r in steps)
+    # Plain peft loads it; base weights are untouched, the LoRA weights moved away from their init.
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    ref = {k: v.clone() for k, v in base.state_dict().items()}
+    model = PeftModel.from_pretrained(base, str(adapter))
+    for name, p in model.named_parameters():
+        if "lora_" not in name:
+            key = name.replace("base_model.model.", "").replace(".base_layer", "")
+            assert torch.equal(p, ref[key]), name
+    lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
+    assert lora_b and any(p.abs().sum() > 0 for p in lora_b)  # B starts at zero
+
+
+def test_train_refuses_existing_adapter_and_bad_options(tiny_model_dir, fixture_data_dir, tmp_path):
+    out = tmp_path / "r"
+    (out / "adapter").mkdir(parents=True)
+    with pytest.raises(ConfigError, match="already exists"):
+        train(_cfg(tiny_model_dir, fixture_data_dir, out))
+    with pytest.raises(ConfigError, match="--method"):
+        _cfg(tiny_model_dir, fixture_data_dir, out, method="nope")
+    with pytest.raises(ConfigError, match="--loss-region"):
+        _cfg(tiny_model_dir, fixture_data_dir, out, loss_region="middle")
+
+
+def test_resume_continues_from_checkpoint(tiny_model_dir, fixture_data_dir, tmp_path):
+    out = tmp_path / "res"
+    cfg = _cfg(tiny_model_dir, fixture_data_dir, out, max_steps=2)
+    train(cfg)
+    import shutil
+
+    shutil.rmtree(out / "adapter")  # as if killed after the checkpoint, before the adapter was written
+    rec = train(_cfg(tiny_model_dir, fixture_data_dir, out, max_steps=4, resume=True))
+    assert rec["steps"] == 4
+    log = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
+    assert sorted({r["step"] for r in log if "loss_forget" in r}) == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("method", ["ga", "npo", "graddiff", "no_kl", "no_retention"])
+def test_methods_run(method, tiny_model_dir, fixture_data_dir, tmp_path):
+    rec = train(_cfg(tiny_model_dir, fixture_data_dir, tmp_path / method, method=method, max_steps=2))
+    assert rec["method"] == method and rec["steps"] == 2
+
+
+def test_cli_run_quick_end_to_end(tiny_model_dir, fixture_data_dir, tmp_path, capsys):
+    out = tmp_path / "main"
+    code = main(["-q", "run", "--model", str(tiny_model_dir), "--data-dir", str(fixture_data_dir), "--out", str(out),
+                 "--preset", "quick", "--control-per-type", "1", "--max-steps", "3", "--control-every", "1",
+                 "--learning-rate", "0.001", "--no-progress"])
+    assert code == 0
+    for f in ("report.md", "ss_per_domain.png", "loss_terms.png", "control.png", "before/results.json",
+              "after/results.json", "adapter/adapter_model.safetensors"):
+        assert (out / f).is_file(), f
+    after = json.loads((out / "after" / "results.json").read_text())
+    assert after["adapter"]["path"].endswith("adapter")
+    assert "| overall |" in (out / "report.md").read_text()
+
+
+def test_keep_best_restores_the_best_control_reading(tiny_model_dir, fixture_data_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    rec = train(_cfg(tiny_model_dir, fixture_data_dir, tmp_path / "kb", keep_best=True))
+    hist = rec["control_history"]
+    best = max(hist, key=lambda h: h["ICAT"])
+    assert rec["selected"]["step"] == best["step"]
+    weights = load_file(str(tmp_path / "kb" / "adapter" / "adapter_model.safetensors"))
+    b_norm = sum(float(v.abs().sum()) for k, v in weights.items() if "lora_B" in k)
+    # LoRA B starts at zero: the saved adapter is the initial one exactly when step 0 was the best.
+    assert (b_norm == 0.0) == (best["step"] == 0)

