@@ -251,15 +251,17 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         "splits": {"seed": cfg.seed, "counts": splits.counts(), "dropped_for_leakage": splits.dropped_for_leakage},
         "packages": package_versions(),
         "steps": trainer.state.global_step,
+        "world_size": trainer.args.world_size,
         "train_seconds": round(train_s, 1),
         "selected": best or {"step": trainer.state.global_step},
         "final_swaps": dict(swap.swapped),
         "control_history": control_cb.history,
     }
-    with atomic_directory(out / "adapter") as tmp:
-        trainer.model.save_pretrained(str(tmp), safe_serialization=True)
-        atomic_write_json(tmp / "provenance.json", record)
-    log.info("adapter written to %s", out / "adapter")
+    if trainer.is_world_process_zero():
+        with atomic_directory(out / "adapter") as tmp:
+            trainer.model.save_pretrained(str(tmp), safe_serialization=True)
+            atomic_write_json(tmp / "provenance.json", record)
+        log.info("adapter written to %s", out / "adapter")
     return record
 
 

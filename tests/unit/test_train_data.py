@@ -151,6 +151,17 @@ def test_blank_only_falls_back_to_end_of_sentence():
     assert _region(loss_region(ex2, "stereotype", "blank_only")) == "asian."
 
 
+def test_blank_only_suffix_differing_in_case():
+    # Real train example 0effd5dcc071e8c105460a67d1108105: the sentences lower-case the context's "Turkey".
+    ex = _ex("tk", "intrasentence", "The BLANK in Turkey is a popular attraction.",
+             "The mosque in turkey is a popular attraction.", "The temple in turkey is a popular attraction.",
+             "The orange in turkey is a popular attraction.", bias_type="religion")
+    item = loss_region(ex, "stereotype", "blank_only")
+    assert item.loss_from == 4  # the start is right (the prefix "The " matches)
+    # expected "mosque"; actual "mosque in turkey is a popular attraction." (the whole from_blank region)
+    assert _region(item) == "mosque"
+
+
 def test_blank_only_never_yields_an_empty_region():
     # The filled-in text is empty: suffix removal would leave nothing, so the region keeps the suffix.
     ex = _ex("em", "intrasentence", "He is BLANK.", "He is.", "He is nice.", "He is blue.")
@@ -254,23 +265,41 @@ def real_train_sample(shared_data_dir) -> list[StereoExample]:
 
 
 def _template_fill(ex: StereoExample, sentence: str) -> str | None:
-    """The filled-in words of an intrasentence sentence, when it follows its context's template."""
+    """The filled-in words of an intrasentence sentence, when it follows its context's template.
+
+    The template is matched ignoring case: StereoSet sentences often lower-case the context's words
+    ("The BLANK in Turkey ..." -> "The mosque in turkey ...").
+    """
     if ex.context.count("BLANK") != 1:
         return None
-    prefix, suffix = ex.context.split("BLANK")
-    if not (sentence.startswith(prefix) and sentence.endswith(suffix)) or len(sentence) < len(prefix) + len(suffix):
+    prefix, suffix = (p.lower() for p in ex.context.split("BLANK"))
+    low = sentence.lower()
+    if len(low) != len(sentence) or len(low) < len(prefix) + len(suffix):
+        return None
+    if not (low.startswith(prefix) and low.endswith(suffix)):
         return None
     return sentence[len(prefix):len(sentence) - len(suffix)]
+
+
+AUDIT_KINDS = ("truncated", "empty", "not_contiguous", "decode_mismatch", "context_in_first_token", "fill_missing",
+               "boundary_inside_token", "blank_only_includes_suffix")
 
 
 def audit_token_masks(tok, examples, max_length: int = 128) -> tuple[int, dict[str, list[str]]]:
     """Check the token mask of every (example, label, region) against the character region.
 
-    Returns the number of items checked and, per kind of problem, a description of each offending item.
+    Returns the number of items checked and, per kind of finding, a description of each item:
+
+    - ``decode_mismatch``: the masked tokens do not decode to the region (modulo surrounding spaces), and
+      not because a region boundary falls inside a token;
+    - ``boundary_inside_token``: a region boundary falls inside a token, which then counts whole (by
+      design: the mask takes every token overlapping the region), e.g. ``BLANKs`` filled with "drunk";
+    - ``context_in_first_token``: the first masked token holds non-space characters before the region;
+    - ``fill_missing``: (blank_only) the filled-in words are not among the masked tokens;
+    - ``blank_only_includes_suffix``: (blank_only) the character region is not just the filled-in words.
     """
     start_id = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
-    problems: dict[str, list[str]] = {k: [] for k in (
-        "empty", "not_contiguous", "decode_mismatch", "context_in_first_token", "fill_missing", "truncated")}
+    problems: dict[str, list[str]] = {k: [] for k in AUDIT_KINDS}
     n = 0
     for ex in examples:
         regions = ("from_blank", "blank_only") if ex.task == "intrasentence" else ("from_blank",)
@@ -278,8 +307,9 @@ def audit_token_masks(tok, examples, max_length: int = 128) -> tuple[int, dict[s
             for label in LABELS:
                 item = loss_region(ex, label, region)
                 n += 1
-                where = f"{ex.id} {ex.task} {label} {region}: {item.text!r} region={_region(item)!r}"
-                offsets = tok(item.text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+                text = item.text
+                where = f"{ex.id} {ex.task} {label} {region}: {text!r} region={_region(item)!r}"
+                offsets = tok(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
                 if len(offsets) + 1 > max_length:
                     problems["truncated"].append(where)
                     continue
@@ -291,16 +321,23 @@ def audit_token_masks(tok, examples, max_length: int = 128) -> tuple[int, dict[s
                 if idx != list(range(idx[0], idx[-1] + 1)):
                     problems["not_contiguous"].append(where)
                 decoded = tok.decode([enc.input_ids[i] for i in idx], clean_up_tokenization_spaces=False)
+                first_start, last_end = offsets[idx[0] - 1][0], offsets[idx[-1] - 1][1]
                 if decoded.strip() != _region(item).strip():
-                    problems["decode_mismatch"].append(f"{where} decoded={decoded!r}")
-                first_start = offsets[idx[0] - 1][0]
-                if item.text[first_start:item.loss_from].strip():
+                    straddles = text[first_start:item.loss_from].strip() or text[item.loss_to:last_end].strip()
+                    if straddles and decoded.strip() == text[first_start:last_end].strip():
+                        problems["boundary_inside_token"].append(f"{where} decoded={decoded!r}")
+                    else:
+                        problems["decode_mismatch"].append(f"{where} decoded={decoded!r}")
+                if text[first_start:item.loss_from].strip():
                     problems["context_in_first_token"].append(
-                        f"{where} first_token={item.text[first_start:offsets[idx[0] - 1][1]]!r}")
+                        f"{where} first_token={text[first_start:offsets[idx[0] - 1][1]]!r}")
                 if region == "blank_only":
-                    fill = _template_fill(ex, item.text)
-                    if fill is not None and fill.strip() and fill.strip() not in decoded:
-                        problems["fill_missing"].append(f"{where} fill={fill!r} decoded={decoded!r}")
+                    fill = _template_fill(ex, text)
+                    if fill is not None and fill.strip():
+                        if fill.strip() not in decoded:
+                            problems["fill_missing"].append(f"{where} fill={fill!r} decoded={decoded!r}")
+                        if _region(item).strip() != fill.strip():
+                            problems["blank_only_includes_suffix"].append(f"{where} fill={fill!r}")
     return n, problems
 
 
@@ -322,12 +359,27 @@ def test_real_tokenizer_offsets_and_leading_space(smol_tok):
     assert smol_tok.decode(masked, clean_up_tokenization_spaces=False).strip() == "hispanic"
 
 
-def test_real_tokenizer_masks_match_regions_on_real_train_examples(smol_tok, real_train_sample):
-    n, problems = audit_token_masks(smol_tok, real_train_sample)
-    assert n == 100 * 6 + 100 * 3
+@pytest.fixture(scope="module")
+def real_audit(smol_tok, real_train_sample):
+    return audit_token_masks(smol_tok, real_train_sample)
+
+
+def test_real_tokenizer_masks_match_regions_on_real_train_examples(real_audit):
+    n, problems = real_audit
+    assert n == 100 * 6 + 100 * 3  # 100 intrasentence x 2 regions x 3 labels + 100 intersentence x 3 labels
     for kind in ("truncated", "empty", "not_contiguous", "decode_mismatch", "context_in_first_token",
                  "fill_missing"):
         assert not problems[kind], f"{kind}: {_fmt(problems[kind])}"
+    # Boundaries inside a token are allowed (the token counts whole); they can only come from the end of
+    # a blank_only region ("BLANKs"), never from the start of a region.
+    assert all(" blank_only: " in p for p in problems["boundary_inside_token"]), problems["boundary_inside_token"]
+
+
+
+
+def test_real_blank_only_region_is_only_the_filled_in_words(real_audit):
+    _, problems = real_audit
+    assert not problems["blank_only_includes_suffix"], _fmt(problems["blank_only_includes_suffix"])
 
 
 # --------------------------------------------------------------------------------------------------

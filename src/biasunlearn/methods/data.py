@@ -76,7 +76,8 @@ def loss_region(ex: StereoExample, label: str, region: str = "from_blank") -> Tr
         # falling back to the longest common prefix.
         start = i if s.startswith(prefix) else _common_prefix(s.lower(), prefix.lower())
         end = len(s)
-        if region == "blank_only" and suffix and s.endswith(suffix) and len(s) - len(suffix) > start:
+        # StereoSet sentences often change the case of context words (``Turkey`` -> ``turkey``).
+        if region == "blank_only" and suffix and s.lower().endswith(suffix.lower()) and len(s) - len(suffix) > start:
             end = len(s) - len(suffix)
     return TrainItem(s, start, end, ex.bias_type, label, ex.id, ex.task)
 
