@@ -1,7 +1,7 @@
 """Seconds per step and peak memory: a BiasUnlearn step vs a plain peft LoRA cross-entropy step.
 
-Both run on the same tokens (one chunk of forget + retain + unrelated sequences from the train split)
-and the same LoRA set-up; each variant runs in its own process so that peak memory is its own.
+Both run on the same tokens (one chunk of forget + retain + unrelated sequences from the train split,
+packed into rows the same way) and the same LoRA set-up; each variant runs in its own process so that peak memory is its own.
 Peak memory is reported as the peak resident set size and as the increase over the RSS after loading.
 
     python benchmarks/train_speed.py --steps 6 --out results/train_speed.json
@@ -55,7 +55,8 @@ def worker(variant: str, model_spec: str, steps: int, n_forget: int, n_retain: i
     else:
         def loss_fn(b):
             # Plain LoRA cross-entropy on every sequence of the chunk, same tokens, same masks.
-            logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+            pk = b["packed"]  # the same packed rows the BiasUnlearn step runs on
+            logits = pk.unpack(model(**pk.model_inputs()).logits)
             return retention_loss(logits, b["input_ids"], b["loss_mask"])
 
     times = []

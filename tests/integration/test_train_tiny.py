@@ -112,3 +112,36 @@ def test_keep_best_restores_the_best_control_reading(tiny_model_dir, fixture_dat
     b_norm = sum(float(v.abs().sum()) for k, v in weights.items() if "lora_B" in k)
     # LoRA B starts at zero: the saved adapter is the initial one exactly when step 0 was the best.
     assert (b_norm == 0.0) == (best["step"] == 0)
+
+
+@pytest.mark.parametrize("method", ["biasunlearn", "graddiff", "no_kl"])
+def test_packed_step_equals_padded_step(method, tiny_model_and_tokenizer, fixture_data_dir):
+    """Packing the chunk into block-diagonal rows computes the same loss terms and gradients as padding."""
+    from peft import LoraConfig, get_peft_model
+
+    from biasunlearn.data.splits import make_splits
+    from biasunlearn.methods.data import ChunkStream, build_pools, collate_chunk
+    from biasunlearn.methods.objective import METHODS, ObjectiveWeights
+    from biasunlearn.methods.trainer import chunk_loss
+    from conftest import build_tiny_llama
+
+    _, tok = tiny_model_and_tokenizer
+    torch.manual_seed(0)
+    model = get_peft_model(build_tiny_llama(), LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    splits = make_splits(fixture_data_dir, control_per_type=1)
+    chunk = next(iter(ChunkStream(build_pools(splits.train), tok, 0, n_forget=3, n_retain=5, n_kl=3, seed=1)))
+    m = METHODS.get(method)
+    results = []
+    for pack in (False, True):
+        model.zero_grad()
+        terms = chunk_loss(model, collate_chunk([chunk], tok.pad_token_id, pack=pack), m, ObjectiveWeights())
+        terms["loss"].backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results.append(({k: float(v) for k, v in terms.items()}, grads))
+    (t0, g0), (t1, g1) = results
+    assert t0.keys() == t1.keys()
+    for k in t0:
+        assert t1[k] == pytest.approx(t0[k], rel=1e-4, abs=1e-5), k
+    assert g0.keys() == g1.keys() and g0
+    for n in g0:
+        assert torch.allclose(g0[n], g1[n], rtol=1e-3, atol=1e-5), n

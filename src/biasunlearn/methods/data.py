@@ -29,6 +29,7 @@ import torch
 
 from biasunlearn.data.stereoset import BIAS_TYPES, StereoExample
 from biasunlearn.errors import ConfigError
+from biasunlearn.packing import Packed, pack_sequences
 
 log = logging.getLogger(__name__)
 
@@ -212,11 +213,15 @@ class ChunkStream(torch.utils.data.IterableDataset):
             }
 
 
-def collate_chunk(chunks: list[dict[str, list[Encoded]]], pad_id: int) -> dict[str, torch.Tensor | list[int]]:
-    """One right-padded batch holding every sequence of the chunk(s), in the order forget, retain, KL.
+def collate_chunk(chunks: list[dict[str, list[Encoded]]], pad_id: int, pack: bool = True
+                  ) -> dict[str, torch.Tensor | list[int] | Packed]:
+    """One batch holding every sequence of the chunk(s), in the order forget, retain, KL.
 
-    ``sizes`` gives the number of sequences of each part, so the trainer can run a single forward pass
-    and split its logits.
+    ``input_ids``/``attention_mask``/``loss_mask`` are the right-padded ``[B, T]`` layout the losses use;
+    ``sizes`` gives the number of sequences of each part. With ``pack`` the batch also carries
+    ``packed`` (all sequences) and ``packed_ref`` (forget and KL sequences, for the reference pass):
+    the sequences packed into rows with block-diagonal attention, which is how the model is run
+    (the same computation, without the padding).
     """
     parts: dict[str, list[Encoded]] = {"forget": [], "retain": [], "kl": []}
     for ch in chunks:
@@ -232,5 +237,13 @@ def collate_chunk(chunks: list[dict[str, list[Encoded]]], pad_id: int) -> dict[s
         ids[i, :n] = torch.tensor(s.input_ids)
         attn[i, :n] = 1
         lmask[i, :n] = torch.tensor(s.loss_mask)
-    return {"input_ids": ids, "attention_mask": attn, "loss_mask": lmask,
-            "sizes": [len(parts["forget"]), len(parts["retain"]), len(parts["kl"])]}
+    out: dict[str, torch.Tensor | list[int] | Packed] = {
+        "input_ids": ids, "attention_mask": attn, "loss_mask": lmask,
+        "sizes": [len(parts["forget"]), len(parts["retain"]), len(parts["kl"])],
+    }
+    if pack:
+        out["packed"] = pack_sequences([s.input_ids for s in seqs], pad_id)
+        ref = parts["forget"] + parts["kl"]
+        if ref:
+            out["packed_ref"] = pack_sequences([s.input_ids for s in ref], pad_id)
+    return out

@@ -46,7 +46,20 @@ def chunk_loss(model, inputs: dict[str, Any], method: Method, weights: Objective
     ids, attn, lmask = inputs["input_ids"], inputs["attention_mask"], inputs["loss_mask"]
     nf, nr, nk = (int(x) for x in inputs["sizes"])
     f, r, k = slice(0, nf), slice(nf, nf + nr), slice(nf + nr, nf + nr + nk)
-    logits = model(input_ids=ids, attention_mask=attn).logits
+    packed, packed_ref = inputs.get("packed"), inputs.get("packed_ref")
+
+    def run(rows: torch.Tensor | None, pk) -> torch.Tensor:
+        """Logits ``[n, T, V]`` of the given rows (all when None), packed when the collator packed them."""
+        if pk is not None:
+            pk = pk.to(ids.device)
+            out = pk.unpack(model(**pk.model_inputs()).logits)
+            return out[:, : ids.shape[1]] if out.shape[1] >= ids.shape[1] else torch.nn.functional.pad(
+                out, (0, 0, 0, ids.shape[1] - out.shape[1]))
+        if rows is None:
+            return model(input_ids=ids, attention_mask=attn).logits
+        return model(input_ids=ids[rows], attention_mask=attn[rows]).logits
+
+    logits = run(None, packed)
 
     ref_f_lp = ref_k_logits = None
     need_ref_f = method.forget == "npo" and nf > 0
@@ -56,7 +69,10 @@ def chunk_loss(model, inputs: dict[str, Any], method: Method, weights: Objective
         if not need_ref_f:
             rows = rows[nf:]
         with torch.no_grad(), _unwrap(model).disable_adapter():
-            ref_logits = model(input_ids=ids[rows], attention_mask=attn[rows]).logits
+            # The packed reference batch holds forget + KL rows; without the forget rows, slice them off.
+            ref_logits = run(None, packed_ref) if packed_ref is not None else run(rows, None)
+            if packed_ref is not None and not need_ref_f:
+                ref_logits = ref_logits[nf:]
         if need_ref_f:
             ref_f_lp = sequence_logprob(ref_logits[:nf], ids[f], lmask[f], normalize=weights.normalize_forget)
             ref_k_logits = ref_logits[nf:]
