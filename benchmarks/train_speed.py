@@ -1,7 +1,8 @@
 """Seconds per step and peak memory: a BiasUnlearn step vs a plain peft LoRA cross-entropy step.
 
 Both run on the same tokens (one chunk of forget + retain + unrelated sequences from the train split,
-packed into rows the same way) and the same LoRA set-up; each variant runs in its own process so that peak memory is its own.
+packed into rows the same way) and the same LoRA set-up; each variant runs in its own process so that
+peak memory is its own.
 Peak memory is reported as the peak resident set size and as the increase over the RSS after loading.
 
     python benchmarks/train_speed.py --steps 6 --out results/train_speed.json

@@ -127,7 +127,8 @@ def test_packed_step_equals_padded_step(method, tiny_model_and_tokenizer, fixtur
 
     _, tok = tiny_model_and_tokenizer
     torch.manual_seed(0)
-    model = get_peft_model(build_tiny_llama(), LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    model = get_peft_model(build_tiny_llama(), lora)
     splits = make_splits(fixture_data_dir, control_per_type=1)
     chunk = next(iter(ChunkStream(build_pools(splits.train), tok, 0, n_forget=3, n_retain=5, n_kl=3, seed=1)))
     m = METHODS.get(method)
