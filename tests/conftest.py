@@ -51,6 +51,18 @@ def build_tiny_llama(seed: int = 0, vocab_size: int = 258, tie: bool = True):
     return model.eval()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    """Tests run with one torch thread: the tiny models are dominated by thread start-up, and on a busy
+    2-core machine several threads spin against each other (measured up to ~100x slower)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A tiny random Llama checkpoint saved as safetensors, loadable like any local model."""

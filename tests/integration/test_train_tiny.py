@@ -12,14 +12,6 @@ from biasunlearn.errors import ConfigError
 from biasunlearn.train import TrainConfig, train
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _cfg(tiny_model_dir, fixture_data_dir, out, **kw):
     base = dict(model=str(tiny_model_dir), data_dir=str(fixture_data_dir), out=str(out), control_per_type=1,
                 max_steps=4, control_every=2, n_forget=2, n_retain=4, n_kl=2, save_steps=2, learning_rate=1e-3,

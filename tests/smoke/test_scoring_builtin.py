@@ -10,20 +10,11 @@ import importlib.util
 
 import numpy as np
 import pytest
-import torch
 
-from biasunlearn.scoring import Request, ScoringConfig, sequence_logprobs, sequence_logprobs_one_by_one
+from biasunlearn.benchmarks import stereoset_requests
+from biasunlearn.scoring import ScoringConfig, sequence_logprobs, sequence_logprobs_one_by_one
 
 pytestmark = pytest.mark.smoke
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """On a busy CPU, several torch threads spin against each other (measured 15x slower than one)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -36,18 +27,6 @@ def smollm2():
     return model, tok
 
 
-def _requests(examples):
-    reqs, ids = [], []
-    for ex in examples:
-        for s in ex.sentences:
-            if ex.task == "intersentence":
-                reqs.append(Request(f"{ex.context} {s.text}", len(ex.context) + 1, group=ex.id))
-            else:
-                reqs.append(Request(s.text, 0, group=ex.id))
-            ids.append(s.id)
-    return reqs, ids
-
-
 def test_builtin_batched_scores_match_one_by_one(smollm2, shared_data_dir):
     from biasunlearn.data import load_stereoset
     from biasunlearn.metrics.stereoset import stereoset_results
@@ -57,7 +36,7 @@ def test_builtin_batched_scores_match_one_by_one(smollm2, shared_data_dir):
     chosen = ([e for e in examples if e.task == "intrasentence"][:3]
               + [e for e in examples if e.task == "intersentence"][:3])
     assert len(chosen) == 6
-    reqs, ids = _requests(chosen)
+    reqs, ids = stereoset_requests(chosen)
 
     batched = sequence_logprobs(model, tok, reqs, ScoringConfig(batch_size=8, progress=False))
     plain = sequence_logprobs(model, tok, reqs, ScoringConfig(batch_size=8, share_prefix=False, progress=False))

@@ -20,14 +20,6 @@ LOG3 = math.log(3.0)
 ATOL = 1e-6
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _logits(*dists: list[float]) -> torch.Tensor:
     """``[1, T, V]`` logits whose softmax at position t is ``dists[t]`` (normalised if needed)."""
     t = torch.tensor(dists, dtype=torch.float64)

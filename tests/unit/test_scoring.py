@@ -57,16 +57,6 @@ def _mixed_requests() -> list[Request]:
     return reqs
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """The model is tiny: thread start-up dominates, and on a busy machine several threads are ~100x
-    slower than one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def mt(tiny_model_and_tokenizer):
     return tiny_model_and_tokenizer

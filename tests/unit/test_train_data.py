@@ -24,14 +24,6 @@ from biasunlearn.methods.data import (
 )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _ex(ex_id: str, task: str, context: str, stereo: str, anti: str, unrel: str,
         bias_type: str = "gender") -> StereoExample:
     # Not in label order on purpose: lookups must go by gold label, not position.
