@@ -13,10 +13,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from biasunlearn.data.bbq import BBQExample, bbq_categories, load_bbq
 from biasunlearn.data.crows_pairs import load_crows_pairs
-from biasunlearn.data.paths import CROWS_PAIRS, STEREOSET_DEV, STEREOSET_TEST, data_file, dataset_checksums
+from biasunlearn.data.paths import (
+    BBQ_METADATA,
+    CROWS_PAIRS,
+    STEREOSET_DEV,
+    STEREOSET_TEST,
+    data_file,
+    dataset_checksums,
+)
 from biasunlearn.data.splits import split_by_name
 from biasunlearn.data.stereoset import StereoExample
+from biasunlearn.metrics.bbq import bbq_results, choose_answer
 from biasunlearn.metrics.crows_pairs import crows_pairs_results
 from biasunlearn.metrics.stereoset import predictions_file, stereoset_results
 from biasunlearn.registry import Registry
@@ -61,17 +70,23 @@ def stereoset_requests(examples: list[StereoExample]) -> tuple[list[Request], li
     return reqs, ids
 
 
-def limit_per_task(examples: list[StereoExample], limit: int) -> list[StereoExample]:
-    """The first ``limit`` examples of each task (all when ``limit`` is 0)."""
+def limit_per(items: list, key: Callable[[Any], Any], limit: int) -> list:
+    """The first ``limit`` items of each group ``key(item)``, in order (all when ``limit`` is 0)."""
     if not limit:
-        return examples
-    seen: dict[str, int] = {}
+        return items
+    seen: dict[Any, int] = {}
     out = []
-    for ex in examples:
-        if seen.get(ex.task, 0) < limit:
-            seen[ex.task] = seen.get(ex.task, 0) + 1
-            out.append(ex)
+    for item in items:
+        k = key(item)
+        if seen.get(k, 0) < limit:
+            seen[k] = seen.get(k, 0) + 1
+            out.append(item)
     return out
+
+
+def limit_per_task(examples: list[StereoExample], limit: int) -> list[StereoExample]:
+    """The first ``limit`` examples of each StereoSet task (all when ``limit`` is 0)."""
+    return limit_per(examples, lambda e: e.task, limit)
 
 
 def score_stereoset(model, tokenizer, examples: list[StereoExample], cfg: ScoringConfig) -> dict[str, float]:
@@ -111,4 +126,51 @@ def run_crows_pairs(model, tokenizer, ctx: EvalContext) -> BenchmarkResult:
         data_files=dataset_checksums(ctx.data_dir, [CROWS_PAIRS]),
         n_items=len(pairs),
         predictions={"pairs": [{"index": i, "sent_more": a, "sent_less": b} for i, (a, b) in scores.items()]},
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# BBQ (Parrish et al. 2022): multiple choice by the likelihood of each answer given context and question.
+# ---------------------------------------------------------------------------------------------------------
+
+
+def bbq_prompt(ex: BBQExample) -> str:
+    """``"{context} {question} Answer:"``; each answer is scored as the continuation ``" " + answer``."""
+    return f"{ex.context} {ex.question} Answer:"
+
+
+def bbq_requests(examples: list[BBQExample]) -> list[Request]:
+    """Three requests per example (one per answer, in order); they share the prompt as a prefix."""
+    reqs = []
+    for ex in examples:
+        prompt = bbq_prompt(ex)
+        reqs.extend(Request(f"{prompt} {ans}", len(prompt) + 1, group=(ex.category, ex.example_id))
+                    for ans in ex.answers)
+    return reqs
+
+
+@BENCHMARKS.register("bbq")
+def run_bbq(model, tokenizer, ctx: EvalContext) -> BenchmarkResult:
+    """Every category present under ``bbq/data``; ``ctx.limit`` is per category, ``ctx.split`` is unused.
+
+    The chosen answer is the one with the highest score under ``ctx.scoring.score_method``; ties go to the
+    lowest index (:func:`biasunlearn.metrics.bbq.choose_answer`). Metrics: :func:`bbq_results`.
+    """
+    categories = bbq_categories(ctx.data_dir)
+    examples = limit_per(load_bbq(ctx.data_dir, categories), lambda e: e.category, ctx.limit)
+    log.info("BBQ: %d examples in %d categories (%d answers)", len(examples), len(categories), 3 * len(examples))
+    s = sequence_logprobs(model, tokenizer, bbq_requests(examples), ctx.scoring, desc="BBQ").scores(
+        ctx.scoring.score_method)
+    rows, choices = [], {}
+    for i, ex in enumerate(examples):
+        scores = [float(x) for x in s[3 * i : 3 * i + 3]]
+        choices[ex.category, ex.example_id] = choice = choose_answer(scores)
+        rows.append({"category": ex.category, "example_id": ex.example_id, "scores": scores, "choice": choice})
+    files = [f"bbq/data/{c}.jsonl" for c in categories] + [BBQ_METADATA]
+    return BenchmarkResult(
+        metrics=bbq_results(examples, choices),
+        data_files=dataset_checksums(ctx.data_dir, files),
+        n_items=len(examples),
+        predictions={"examples": rows},
+        extra={"prompt": "{context} {question} Answer: {answer}"},
     )

@@ -34,7 +34,7 @@ class EvalConfig:
     Attributes:
         model: built-in alias, hub id, local checkpoint folder or .gguf file.
         adapter: folder of a peft (LoRA) adapter to apply to the model; empty for none.
-        benchmarks: comma-separated benchmark names (stereoset, crows_pairs).
+        benchmarks: comma-separated benchmark names (stereoset, crows_pairs, bbq: --limit per category, no --split).
         split: StereoSet split to evaluate: report (dev.json), control or train.
         limit: evaluate only the first N examples per StereoSet task / N CrowS-Pairs pairs (0 = all).
         out: output folder for results.json and the predictions files (empty: write nothing).

@@ -12,7 +12,7 @@ from biasunlearn.evaluation import EvalConfig
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "eval",
-        help="evaluate bias (StereoSet SS/LMS/ICAT, CrowS-Pairs) of a model",
+        help="evaluate bias (StereoSet SS/LMS/ICAT, CrowS-Pairs, BBQ) of a model",
         description="Evaluate a model on bias benchmarks; writes results.json and predictions files to --out.",
     )
     p.add_argument("--config", metavar="FILE.yaml", help="YAML file of options (flags override it)")
@@ -21,7 +21,7 @@ def add_parser(sub) -> None:
 
 
 def format_tables(results: dict[str, Any]) -> str:
-    """Plain-text tables of the results (StereoSet per task and domain, CrowS-Pairs per type)."""
+    """Plain-text tables of the results (StereoSet per task and domain, CrowS-Pairs per type, BBQ per category)."""
     lines: list[str] = []
     model = results.get("model", {}).get("name", "?")
     adapter = results.get("adapter")
@@ -40,6 +40,14 @@ def format_tables(results: dict[str, Any]) -> str:
         lines.append(f"{'bias type':<22}{'n':>6}{'SS':>8}")
         for k, m in cp.items():
             lines.append(f"{k:<22}{m['Count']:>6}{m['SS']:>8.2f}")
+    if "bbq" in bm:
+        bq = bm["bbq"]["metrics"]
+        lines.append(f"\nBBQ ({bm['bbq']['n_items']} examples; accuracy %; bias x100 in [-100, 100], 0 ideal, "
+                     "> 0 toward the stereotype)")
+        lines.append(f"{'category':<22}{'n':>6}{'acc amb':>9}{'acc dis':>9}{'bias amb':>10}{'bias dis':>10}")
+        for k, m in bq.items():
+            lines.append(f"{k:<22}{m['n']:>6}{m['accuracy_ambig']:>9.2f}{m['accuracy_disambig']:>9.2f}"
+                         f"{m['bias_ambig']:>10.2f}{m['bias_disambig']:>10.2f}")
     return "\n".join(lines)
 
 
