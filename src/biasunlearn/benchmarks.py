@@ -29,19 +29,30 @@ from biasunlearn.metrics.bbq import bbq_results, choose_answer
 from biasunlearn.metrics.crows_pairs import crows_pairs_results
 from biasunlearn.metrics.stereoset import predictions_file, stereoset_results
 from biasunlearn.registry import Registry
-from biasunlearn.scoring import Request, ScoringConfig, sequence_logprobs
+from biasunlearn.scoring import Request, ScoringConfig, SequenceLogProbs, sequence_logprobs
 
 log = logging.getLogger(__name__)
 
 
+def _plain_scores(model, tokenizer, requests: list[Request], cfg: ScoringConfig, desc: str) -> SequenceLogProbs:
+    return sequence_logprobs(model, tokenizer, requests, cfg, desc=desc)
+
+
 @dataclass
 class EvalContext:
+    """What every benchmark gets besides the model: data, options, and the scoring function.
+
+    ``score_fn(model, tokenizer, requests, cfg, desc)`` is plain scoring by default; a decoding-time
+    baseline (``eval --method self_debias``) replaces it with its adjusted probabilities.
+    """
+
     data_dir: Path
     scoring: ScoringConfig
     split: str = "report"
     limit: int = 0
     seed: int = 0
     control_per_type: int = 50
+    score_fn: Callable[..., SequenceLogProbs] = _plain_scores
 
 
 @dataclass
@@ -89,10 +100,11 @@ def limit_per_task(examples: list[StereoExample], limit: int) -> list[StereoExam
     return limit_per(examples, lambda e: e.task, limit)
 
 
-def score_stereoset(model, tokenizer, examples: list[StereoExample], cfg: ScoringConfig) -> dict[str, float]:
+def score_stereoset(model, tokenizer, examples: list[StereoExample], cfg: ScoringConfig,
+                    score_fn: Callable[..., SequenceLogProbs] = _plain_scores) -> dict[str, float]:
     """Sentence id -> score for every sentence of ``examples``."""
     reqs, ids = stereoset_requests(examples)
-    scores = sequence_logprobs(model, tokenizer, reqs, cfg, desc="StereoSet").scores(cfg.score_method)
+    scores = score_fn(model, tokenizer, reqs, cfg, "StereoSet").scores(cfg.score_method)
     return dict(zip(ids, scores.tolist(), strict=True))
 
 
@@ -101,7 +113,7 @@ def run_stereoset(model, tokenizer, ctx: EvalContext) -> BenchmarkResult:
     examples = split_by_name(ctx.data_dir, ctx.split, seed=ctx.seed, control_per_type=ctx.control_per_type)
     examples = limit_per_task(examples, ctx.limit)
     log.info("StereoSet %s split: %d examples (%d sentences)", ctx.split, len(examples), 3 * len(examples))
-    scores = score_stereoset(model, tokenizer, examples, ctx.scoring)
+    scores = score_stereoset(model, tokenizer, examples, ctx.scoring, ctx.score_fn)
     files = [STEREOSET_DEV] if ctx.split == "report" else [STEREOSET_TEST]
     return BenchmarkResult(
         metrics=stereoset_results(examples, scores),
@@ -119,7 +131,7 @@ def run_crows_pairs(model, tokenizer, ctx: EvalContext) -> BenchmarkResult:
         pairs = pairs[: ctx.limit]
     log.info("CrowS-Pairs: %d pairs", len(pairs))
     reqs = [Request(t, 0, group=("crows", p.index)) for p in pairs for t in (p.sent_more, p.sent_less)]
-    s = sequence_logprobs(model, tokenizer, reqs, ctx.scoring, desc="CrowS-Pairs").scores(ctx.scoring.score_method)
+    s = ctx.score_fn(model, tokenizer, reqs, ctx.scoring, "CrowS-Pairs").scores(ctx.scoring.score_method)
     scores = {p.index: (float(s[2 * i]), float(s[2 * i + 1])) for i, p in enumerate(pairs)}
     return BenchmarkResult(
         metrics=crows_pairs_results(pairs, scores),
@@ -159,7 +171,7 @@ def run_bbq(model, tokenizer, ctx: EvalContext) -> BenchmarkResult:
     categories = bbq_categories(ctx.data_dir)
     examples = limit_per(load_bbq(ctx.data_dir, categories), lambda e: e.category, ctx.limit)
     log.info("BBQ: %d examples in %d categories (%d answers)", len(examples), len(categories), 3 * len(examples))
-    s = sequence_logprobs(model, tokenizer, bbq_requests(examples), ctx.scoring, desc="BBQ").scores(
+    s = ctx.score_fn(model, tokenizer, bbq_requests(examples), ctx.scoring, "BBQ").scores(
         ctx.scoring.score_method)
     rows, choices = [], {}
     for i, ex in enumerate(examples):

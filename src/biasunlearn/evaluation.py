@@ -34,6 +34,8 @@ class EvalConfig:
     Attributes:
         model: built-in alias, hub id, local checkpoint folder or .gguf file.
         adapter: folder of a peft (LoRA) adapter to apply to the model; empty for none.
+        method: decoding-time debiasing applied while scoring (self_debias, cafie); empty for none.
+            Trained methods are evaluated through their adapter (--adapter).
         benchmarks: comma-separated benchmark names (stereoset, crows_pairs, bbq: --limit per category, no --split).
         split: StereoSet split to evaluate: report (dev.json), control or train.
         limit: evaluate only the first N examples per StereoSet task / N CrowS-Pairs pairs (0 = all).
@@ -50,6 +52,7 @@ class EvalConfig:
 
     model: str = DEFAULT_MODEL
     adapter: str = ""
+    method: str = ""
     benchmarks: str = "stereoset,crows_pairs"
     split: str = "report"
     limit: int = 0
@@ -69,6 +72,10 @@ class EvalConfig:
         if self.limit < 0:
             raise ConfigError(f"--limit must be >= 0, got {self.limit}")
         BENCHMARKS.parse_list(self.benchmarks)
+        if self.method:
+            from biasunlearn.baselines import DECODING_BASELINES
+
+            DECODING_BASELINES.get(self.method)
 
 
 def apply_adapter(model, adapter_dir: str | Path):
@@ -126,6 +133,11 @@ def evaluate(
     load_s = time.time() - t0
     ctx = EvalContext(data_dir=data_dir, scoring=cfg.scoring, split=cfg.split, limit=cfg.limit, seed=cfg.seed,
                       control_per_type=cfg.control_per_type)
+    if cfg.method:
+        from biasunlearn.baselines import DECODING_BASELINES
+
+        baseline = DECODING_BASELINES.get(cfg.method)(model, tokenizer)
+        ctx.score_fn = lambda _m, _t, reqs, scfg, desc: baseline.sequence_logprobs(reqs, scfg, desc=desc)
     results: dict[str, Any] = {
         "biasunlearn_version": package_versions(("biasunlearn",))["biasunlearn"],
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -97,3 +97,26 @@ def test_eval_bad_yaml_key(tmp_path, capsys):
 def test_eval_missing_data_dir(tiny_model_dir, tmp_path, capsys):
     code, _, err = _run(["eval", "--model", str(tiny_model_dir), "--data-dir", str(tmp_path / "nodata")], capsys)
     assert code == 2 and "nodata" in err
+
+
+@pytest.mark.parametrize("method", ["self_debias", "cafie"])
+def test_eval_with_decoding_time_method(method, tiny_model_dir, fixture_data_dir, tmp_path, capsys):
+    """`eval --method` scores with the baseline's adjusted probabilities (different from plain scores)."""
+    outs = {}
+    for m in ("", method):
+        out = tmp_path / (m or "plain")
+        args = ["-q", "eval", "--model", str(tiny_model_dir), "--data-dir", str(fixture_data_dir), "--out", str(out),
+                "--benchmarks", "crows_pairs", "--no-progress"]
+        code, _, _ = _run([*args, "--method", m] if m else args, capsys)
+        assert code == 0
+        outs[m] = json.loads((out / "crows_pairs_predictions.json").read_text())["pairs"]
+        assert json.loads((out / "results.json").read_text())["config"]["method"] == m
+    plain = [p["sent_more"] for p in outs[""]]
+    adjusted = [p["sent_more"] for p in outs[method]]
+    assert len(plain) == len(adjusted) and max(abs(a - b) for a, b in zip(plain, adjusted, strict=True)) > 1e-6
+
+
+def test_eval_unknown_method(tiny_model_dir, fixture_data_dir, capsys):
+    code, _, err = _run(["eval", "--model", str(tiny_model_dir), "--data-dir", str(fixture_data_dir),
+                         "--method", "magic"], capsys)
+    assert code == 2 and "--method" in err and "self_debias" in err

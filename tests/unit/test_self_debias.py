@@ -106,7 +106,7 @@ def test_registry():
     assert DECODING_BASELINES.get("self_debias") is SelfDebias
     assert DECODING_BASELINES.get("cafie") is CAFIE
     assert DECODING_BASELINES.names() == ["cafie", "self_debias"]
-    with pytest.raises(ConfigError, match="unknown decoding baseline"):
+    with pytest.raises(ConfigError, match="unknown decoding-time method"):
         DECODING_BASELINES.get("nope")
 
 

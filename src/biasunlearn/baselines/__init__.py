@@ -28,7 +28,7 @@ from biasunlearn.baselines.self_debias import (
 )
 from biasunlearn.registry import Registry
 
-DECODING_BASELINES: Registry[type] = Registry("decoding baseline", "--decoding-baseline")
+DECODING_BASELINES: Registry[type] = Registry("decoding-time method", "--method")
 DECODING_BASELINES.register("self_debias")(SelfDebias)
 DECODING_BASELINES.register("cafie")(CAFIE)
 
