@@ -66,7 +66,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import LogitsProcessor
 
-from biasunlearn.baselines.self_debias import forward_positions, split_start
+from biasunlearn.baselines.self_debias import chunk_by_load, forward_positions, split_start
 from biasunlearn.errors import ConfigError
 from biasunlearn.scoring import Request, ScoringConfig, SequenceLogProbs, _token_budget, resolve_start_token_id
 
@@ -359,18 +359,7 @@ class CAFIE:
         budget = _token_budget(self.model, cfg)
         # Chunks whose selected logits (scored tokens + their counterfactuals) stay within the budget.
         order = sorted(range(n), key=lambda i: -len(plans[i].ids))
-        chunks: list[list[int]] = []
-        cur: list[int] = []
-        load = 0
-        for i in order:
-            k = plans[i].n_scored + sum(len(r) for r in plans[i].cf_refs)
-            if cur and load + k > budget:
-                chunks.append(cur)
-                cur, load = [], 0
-            cur.append(i)
-            load += k
-        if cur:
-            chunks.append(cur)
+        chunks = chunk_by_load(order, lambda i: plans[i].n_scored + sum(len(r) for r in plans[i].cf_refs), budget)
         sums_t = torch.zeros(n, dtype=torch.float64)
         with tqdm(total=n, desc=desc, unit="seq", disable=not cfg.progress, leave=False) as bar:
             for chunk in chunks:

@@ -34,7 +34,7 @@ token (``ScoringConfig.start_token``) comes first, as in the plain scoring of th
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -129,6 +129,23 @@ def forward_positions(
     return out  # type: ignore[return-value]
 
 
+def chunk_by_load(order: Sequence[int], load: Callable[[int], int], budget: int) -> list[list[int]]:
+    """Consecutive groups of ``order`` whose summed ``load`` stays within ``budget`` (a single item may exceed it)."""
+    chunks: list[list[int]] = []
+    cur: list[int] = []
+    total = 0
+    for i in order:
+        k = load(i)
+        if cur and total + k > budget:
+            chunks.append(cur)
+            cur, total = [], 0
+        cur.append(i)
+        total += k
+    if cur:
+        chunks.append(cur)
+    return chunks
+
+
 def _prefixes_for(bias_types: Sequence[str], prefixes: Sequence[str] | None) -> list[str]:
     if prefixes is not None:
         if not prefixes:
@@ -195,18 +212,7 @@ class SelfDebias:
         n_views = 1 + len(self.prefix_ids)
         # Chunks of requests whose selected logits (scored tokens x views) stay within the token budget.
         order = sorted(range(n), key=lambda i: -len(encoded[i].ids))
-        chunks: list[list[int]] = []
-        cur: list[int] = []
-        load = 0
-        for i in order:
-            k = (len(encoded[i].ids) - encoded[i].first_scored) * n_views
-            if cur and load + k > budget:
-                chunks.append(cur)
-                cur, load = [], 0
-            cur.append(i)
-            load += k
-        if cur:
-            chunks.append(cur)
+        chunks = chunk_by_load(order, lambda i: (len(encoded[i].ids) - encoded[i].first_scored) * n_views, budget)
         sums_t = torch.zeros(n, dtype=torch.float64)
         with tqdm(total=n, desc=desc, unit="seq", disable=not cfg.progress, leave=False) as bar:
             for chunk in chunks:
