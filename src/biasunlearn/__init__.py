@@ -8,7 +8,7 @@ __version__ = "0.1.0"
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
-__all__ = ["__version__", "evaluate"]
+__all__ = ["__version__", "evaluate", "train"]
 
 
 def evaluate(*args, **kwargs):
@@ -16,3 +16,13 @@ def evaluate(*args, **kwargs):
     from biasunlearn.evaluation import evaluate as _evaluate
 
     return _evaluate(*args, **kwargs)
+
+
+def train(*args, **kwargs):
+    """Train a debiasing adapter; see :func:`biasunlearn.train.train` (takes a ``TrainConfig``)."""
+    from biasunlearn.train import TrainConfig
+    from biasunlearn.train import train as _train
+
+    if not args and "cfg" not in kwargs:
+        return _train(TrainConfig(**kwargs))
+    return _train(*args, **kwargs)

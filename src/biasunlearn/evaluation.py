@@ -112,9 +112,12 @@ def evaluate(
 ) -> dict[str, Any]:
     """Evaluate on the configured benchmarks; returns the results dict (also written to ``out``).
 
-    Either pass ``config`` (or keyword overrides of :class:`EvalConfig` fields), and the model named
-    there is loaded; or pass an already loaded ``model`` and ``tokenizer``.
+    Either pass ``config`` (or keyword overrides of :class:`EvalConfig` fields, ``model`` being a model
+    spec string), and the model named there is loaded; or pass an already loaded ``model`` and its
+    ``tokenizer``.
     """
+    if isinstance(model, (str, Path)):  # a model spec, not a loaded model
+        overrides["model"], model = str(model), None
     cfg = config or EvalConfig(**overrides)
     if config is not None and overrides:
         cfg = EvalConfig(**{**asdict(config), **overrides, "scoring": config.scoring})

@@ -120,3 +120,12 @@ def test_eval_unknown_method(tiny_model_dir, fixture_data_dir, capsys):
     code, _, err = _run(["eval", "--model", str(tiny_model_dir), "--data-dir", str(fixture_data_dir),
                          "--method", "magic"], capsys)
     assert code == 2 and "--method" in err and "self_debias" in err
+
+
+def test_python_api_takes_a_model_spec(tiny_model_dir, fixture_data_dir, tmp_path):
+    import biasunlearn
+
+    res = biasunlearn.evaluate(model=str(tiny_model_dir), data_dir=str(fixture_data_dir), benchmarks="stereoset",
+                               out=str(tmp_path / "api"))
+    assert res["benchmarks"]["stereoset"]["metrics"]["both"]["overall"]["Count"] == 8
+    assert (tmp_path / "api" / "results.json").is_file()
