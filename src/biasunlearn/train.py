@@ -19,6 +19,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from transformers import TrainerCallback
+
 from biasunlearn.data.paths import STEREOSET_DEV, STEREOSET_TEST, dataset_checksums, resolve_data_dir
 from biasunlearn.data.splits import make_splits
 from biasunlearn.errors import ConfigError
@@ -269,17 +271,11 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     return record
 
 
-class _StateSaver:
+class _StateSaver(TrainerCallback):
     """Saves the swap state and the control history into every checkpoint (for ``--resume``)."""
 
     def __init__(self, swap: SwapState, history: list[dict[str, Any]]) -> None:
         self.swap, self.history = swap, history
-
-    def __getattr__(self, name: str):
-        # TrainerCallback interface: every other event is a no-op.
-        if name.startswith("on_"):
-            return lambda *a, **k: None
-        raise AttributeError(name)
 
     def on_save(self, args, state, control, **kwargs):
         from biasunlearn.methods.trainer import save_swap_state
