@@ -92,6 +92,11 @@ class SequenceLogProbs:
     sum_logprob: np.ndarray
     n_tokens: np.ndarray
 
+    @classmethod
+    def zeros(cls, n: int) -> SequenceLogProbs:
+        """All-zero sums and counts for ``n`` requests (filled in by the scorers)."""
+        return cls(np.zeros(n, dtype=np.float64), np.zeros(n, dtype=np.int64))
+
     def scores(self, method: str = "geometric_mean") -> np.ndarray:
         if method == "sum_logprob":
             return self.sum_logprob.copy()
@@ -271,10 +276,10 @@ def sequence_logprobs(
     """
     cfg = cfg or ScoringConfig()
     n = len(requests)
-    sums = np.zeros(n, dtype=np.float64)
-    counts = np.zeros(n, dtype=np.int64)
+    out = SequenceLogProbs.zeros(n)
+    sums, counts = out.sum_logprob, out.n_tokens
     if n == 0:
-        return SequenceLogProbs(sums, counts)
+        return out
     start_id = resolve_start_token_id(tokenizer, cfg.start_token)
     encoded = encode_requests(tokenizer, requests, start_id)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else start_id

@@ -343,10 +343,10 @@ class CAFIE:
         """
         cfg = cfg or ScoringConfig()
         n = len(requests)
-        sums = np.zeros(n, dtype=np.float64)
-        counts = np.zeros(n, dtype=np.int64)
+        out = SequenceLogProbs.zeros(n)
+        sums, counts = out.sum_logprob, out.n_tokens
         if n == 0:
-            return SequenceLogProbs(sums, counts)
+            return out
         if not getattr(self.tokenizer, "is_fast", False):
             raise ConfigError("CAFIE scoring needs a fast tokenizer (character offsets)")
         start_id = resolve_start_token_id(self.tokenizer, cfg.start_token)

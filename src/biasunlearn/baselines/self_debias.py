@@ -201,10 +201,10 @@ class SelfDebias:
         """
         cfg = cfg or ScoringConfig()
         n = len(requests)
-        sums = np.zeros(n, dtype=np.float64)
-        counts = np.zeros(n, dtype=np.int64)
+        out = SequenceLogProbs.zeros(n)
+        sums, counts = out.sum_logprob, out.n_tokens
         if n == 0:
-            return SequenceLogProbs(sums, counts)
+            return out
         start_id = resolve_start_token_id(self.tokenizer, cfg.start_token)
         encoded = encode_requests(self.tokenizer, requests, start_id)
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else start_id
