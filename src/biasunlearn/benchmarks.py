@@ -51,7 +51,8 @@ class EvalContext:
     split: str = "report"
     limit: int = 0
     seed: int = 0
-    control_per_type: int = 50
+    control_per_type: int = 150
+    control_by: str = "target"
     score_fn: Callable[..., SequenceLogProbs] = _plain_scores
 
 
@@ -110,7 +111,8 @@ def score_stereoset(model, tokenizer, examples: list[StereoExample], cfg: Scorin
 
 @BENCHMARKS.register("stereoset")
 def run_stereoset(model, tokenizer, ctx: EvalContext) -> BenchmarkResult:
-    examples = split_by_name(ctx.data_dir, ctx.split, seed=ctx.seed, control_per_type=ctx.control_per_type)
+    examples = split_by_name(ctx.data_dir, ctx.split, seed=ctx.seed, control_per_type=ctx.control_per_type,
+                             control_by=ctx.control_by)
     examples = limit_per_task(examples, ctx.limit)
     log.info("StereoSet %s split: %d examples (%d sentences)", ctx.split, len(examples), 3 * len(examples))
     scores = score_stereoset(model, tokenizer, examples, ctx.scoring, ctx.score_fn)

@@ -43,6 +43,7 @@ class EvalConfig:
         data_dir: benchmark data folder (default: $BIASUNLEARN_DATA, then the user cache).
         seed: seed of the control/train split.
         control_per_type: control examples per bias type held out of train.
+        control_by: hold the control split out by ``target`` (whole StereoSet targets) or ``example``.
         dtype: model weights dtype (float32, bfloat16, float16, auto).
         device: cpu, cuda, cuda:N or auto.
         cache_dir: where built-in and GGUF models are converted (default: $BIASUNLEARN_CACHE/models).
@@ -59,7 +60,8 @@ class EvalConfig:
     out: str = ""
     data_dir: str = ""
     seed: int = 0
-    control_per_type: int = 50
+    control_per_type: int = 150
+    control_by: str = "target"
     dtype: str = "float32"
     device: str = "cpu"
     cache_dir: str = ""
@@ -135,7 +137,7 @@ def evaluate(
         raise ConfigError("evaluate(model=...) needs the matching tokenizer=")
     load_s = time.time() - t0
     ctx = EvalContext(data_dir=data_dir, scoring=cfg.scoring, split=cfg.split, limit=cfg.limit, seed=cfg.seed,
-                      control_per_type=cfg.control_per_type)
+                      control_per_type=cfg.control_per_type, control_by=cfg.control_by)
     if cfg.method:
         from biasunlearn.baselines import DECODING_BASELINES
 

@@ -22,10 +22,10 @@ from typing import Any
 from transformers import TrainerCallback
 
 from biasunlearn.data.paths import STEREOSET_DEV, STEREOSET_TEST, dataset_checksums, resolve_data_dir
-from biasunlearn.data.splits import make_splits
+from biasunlearn.data.splits import CONTROL_BY, make_splits
 from biasunlearn.errors import ConfigError
 from biasunlearn.methods.control import ControlCallback, ControlConfig
-from biasunlearn.methods.data import REGIONS, ChunkStream, SwapState, build_pools, collate_chunk
+from biasunlearn.methods.data import REGIONS, TYPE_SAMPLING, ChunkStream, SwapState, build_pools, collate_chunk
 from biasunlearn.methods.objective import METHODS, ObjectiveWeights
 from biasunlearn.models import DEFAULT_MODEL, load_model_and_tokenizer, lora_target_modules, model_info
 from biasunlearn.scoring import ScoringConfig, resolve_start_token_id
@@ -73,11 +73,18 @@ class TrainConfig:
         lora_alpha: LoRA alpha.
         lora_dropout: LoRA dropout.
         target_modules: comma-separated LoRA target modules (empty: chosen for the architecture).
-        control_per_type: control examples per bias type held out of train.
+        control_per_type: control examples per bias type held out of train (at least this many with
+            control_by target).
+        control_by: hold the control split out by ``target`` (whole StereoSet targets, as the report split's
+            targets are unseen) or by ``example`` (the paper's random draw).
         control_signal: ss (the paper's rule) or gap (log-probability gap with its standard error).
         control_every: steps between control readings.
         control_threshold: SS tolerance around 50 for control_signal ss.
         control_z: tolerance in standard errors for control_signal gap.
+        rest_balanced: a bias type balanced on the control split rests (is not drawn for forget and
+            retain) until it leaves the tolerance again.
+        type_sampling: how forget and retain items are spread over bias types: size (in proportion to
+            each type's pool, the paper's uniform draw) or balanced (each type equally often).
         early_stop: stop once every bias type is balanced on the control split.
         keep_best: restore the adapter of the best control ICAT at the end.
         save_steps: steps between checkpoints.
@@ -116,11 +123,14 @@ class TrainConfig:
     lora_alpha: int = 16
     lora_dropout: float = 0.1
     target_modules: str = ""
-    control_per_type: int = 50
+    control_per_type: int = 150
+    control_by: str = "target"
     control_signal: str = "gap"
     control_every: int = 10
     control_threshold: float = 2.0
     control_z: float = 1.0
+    rest_balanced: bool = False
+    type_sampling: str = "size"
     early_stop: bool = True
     keep_best: bool = True
     save_steps: int = 50
@@ -146,6 +156,11 @@ class TrainConfig:
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 0")
         ControlConfig(signal=self.control_signal, every=self.control_every)
+        if self.type_sampling not in TYPE_SAMPLING:
+            raise ConfigError(f"--type-sampling: expected one of {', '.join(TYPE_SAMPLING)}, "
+                              f"got {self.type_sampling!r}")
+        if self.control_by not in CONTROL_BY:
+            raise ConfigError(f"--control-by: expected one of {', '.join(CONTROL_BY)}, got {self.control_by!r}")
 
     def task_list(self) -> tuple[str, ...]:
         tasks = tuple(t.strip() for t in self.tasks.split(",") if t.strip())
@@ -187,7 +202,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     out = Path(cfg.out)
     set_seed(cfg.seed)
     data_dir = resolve_data_dir(cfg.data_dir or None)
-    splits = make_splits(data_dir, control_per_type=cfg.control_per_type, seed=cfg.seed)
+    splits = make_splits(data_dir, control_per_type=cfg.control_per_type, seed=cfg.seed,
+                         control_by=cfg.control_by)
     model, tok, resolved = load_model_and_tokenizer(
         cfg.model, dtype=cfg.dtype, device=cfg.device, cache_dir=Path(cfg.cache_dir) if cfg.cache_dir else None,
         trust_remote_code=cfg.trust_remote_code,
@@ -207,8 +223,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         if not ckpts:
             raise ConfigError(f"--resume: no checkpoint found in {ckpt_dir}")
         resume_from = str(ckpts[-1])
-        swap.swapped, history = load_swap_state(ckpts[-1])
-        log.info("resuming from %s (swapped: %s)", resume_from, swap.swapped)
+        loaded, history = load_swap_state(ckpts[-1])
+        swap.swapped, swap.resting = loaded.swapped, loaded.resting
+        log.info("resuming from %s (swapped: %s, resting: %s)", resume_from, swap.swapped, swap.resting)
     elif (out / "adapter").exists():
         raise ConfigError(f"--out: {out / 'adapter'} already exists; choose another --out or remove it")
 
@@ -216,9 +233,11 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     adv = cfg.adversarial_fraction if method.adversarial else 0.0
     stream = ChunkStream(pools, tok, start_id, n_forget=cfg.n_forget if method.forget != "none" else 0,
                          n_retain=cfg.n_retain if method.retain else 0, n_kl=cfg.n_kl if method.kl else 0,
-                         adversarial_fraction=adv, seed=cfg.seed, swap_state=swap, max_length=cfg.max_length)
+                         adversarial_fraction=adv, seed=cfg.seed, swap_state=swap, max_length=cfg.max_length,
+                         type_sampling=cfg.type_sampling)
     ccfg = ControlConfig(signal=cfg.control_signal, every=cfg.control_every, threshold=cfg.control_threshold,
-                         z=cfg.control_z, swapping=method.swapping, early_stop=cfg.early_stop, keep_best=cfg.keep_best)
+                         z=cfg.control_z, swapping=method.swapping,
+                         rest_balanced=cfg.rest_balanced, early_stop=cfg.early_stop, keep_best=cfg.keep_best)
     control_cb = ControlCallback(tok, splits.control, ccfg, swap, cfg.scoring, history)
     args = TrainingArguments(
         output_dir=str(ckpt_dir), max_steps=cfg.max_steps, learning_rate=cfg.learning_rate,
@@ -254,13 +273,15 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                  "trainable_parameters": n_trainable},
         "config": asdict(cfg),
         "data": dataset_checksums(data_dir, files),
-        "splits": {"seed": cfg.seed, "counts": splits.counts(), "dropped_for_leakage": splits.dropped_for_leakage},
+        "splits": {"seed": cfg.seed, "control_by": splits.control_by, "control_targets": splits.control_targets,
+                   "counts": splits.counts(), "dropped_for_leakage": splits.dropped_for_leakage},
         "packages": package_versions(),
         "steps": trainer.state.global_step,
         "world_size": trainer.args.world_size,
         "train_seconds": round(train_s, 1),
         "selected": best or {"step": trainer.state.global_step},
         "final_swaps": dict(swap.swapped),
+        "final_resting": dict(swap.resting),
         "control_history": control_cb.history,
     }
     if trainer.is_world_process_zero():

@@ -80,3 +80,16 @@ def test_callback_swaps_stops_and_keeps_best(monkeypatch, tiny_model_and_tokeniz
     assert ctl.should_training_stop  # every type balanced after step 0
     assert cb.best["step"] == 1 and math.isclose(cb.best["ICAT"], 89.0)
     assert [h["changed"] for h in cb.history] == [["race"], []]
+
+
+def test_rest_balanced_types_rest_until_they_leave_the_tolerance():
+    cfg = ControlConfig(rest_balanced=True)
+    swap = SwapState()
+    update_swaps(swap, {"race": "balanced", "gender": "stereotypical"}, cfg)
+    assert swap.is_resting("race") and not swap.is_resting("gender")
+    update_swaps(swap, {"race": "reversed", "gender": "balanced"}, cfg)
+    assert not swap.is_resting("race") and swap.is_swapped("race") and swap.is_resting("gender")
+    # off by default: nothing rests
+    other = SwapState()
+    update_swaps(other, {"race": "balanced"}, ControlConfig())
+    assert not other.is_resting("race")

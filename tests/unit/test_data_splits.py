@@ -237,3 +237,35 @@ def test_real_splits_have_no_leakage(real_splits):
     assert _texts(s.train).isdisjoint(_texts(s.report) | _texts(s.control))
     ids = [e.id for e in s.train + s.control + s.report]
     assert len(ids) == len(set(ids))
+
+
+def test_control_by_target_holds_out_whole_targets(fixture_data_dir):
+    s = make_splits(fixture_data_dir, control_per_type=2, seed=1, control_by="target")
+    assert s.control_by == "target"
+    for bt in BIAS_TYPES:
+        held = set(s.control_targets[bt])
+        control = [e for e in s.control if e.bias_type == bt]
+        assert len(control) >= 2 and {e.target for e in control} == held
+        # no train example of a held-out target
+        assert not [e for e in s.train if e.bias_type == bt and e.target in held]
+    check_no_leakage(s.train, {"report": s.report, "control": s.control})
+    again = make_splits(fixture_data_dir, control_per_type=2, seed=1, control_by="target")
+    assert again.control_targets == s.control_targets
+
+
+def test_control_by_target_refuses_to_take_every_target(fixture_data_dir):
+    # gender has 5 filtered fixture examples: holding out 5 takes every gender target
+    with pytest.raises(DataError, match="gender.*every gender target"):
+        make_splits(fixture_data_dir, control_per_type=5, control_by="target")
+    with pytest.raises(ConfigError, match="--control-by"):
+        make_splits(fixture_data_dir, control_by="person")
+
+
+def test_real_control_by_target_shares_no_target_with_train(shared_data_dir):
+    s = make_splits(shared_data_dir, control_per_type=150, control_by="target")
+    counts = s.counts()
+    for bt in BIAS_TYPES:
+        assert counts["control"][bt] >= 150
+        held = set(s.control_targets[bt])
+        assert not {e.target for e in s.train if e.bias_type == bt} & held
+    check_no_leakage(s.train, {"report": s.report, "control": s.control})

@@ -615,3 +615,35 @@ def test_collate_real_chunk_alignment(byte_tok):
         assert (b["input_ids"][row, n:] == byte_tok.pad_token_id).all()
         assert int(b["attention_mask"][row].sum()) == n
     assert not (b["loss_mask"] & (b["attention_mask"] == 0)).any()  # padding is never in a region
+
+
+def test_type_weights_by_size_balanced_and_resting():
+    from biasunlearn.methods.data import type_weights
+
+    sizes = {"gender": 10, "race": 30, "religion": 0}
+    assert type_weights(sizes, "size", SwapState()) == {"gender": 10.0, "race": 30.0, "religion": 0.0}
+    assert type_weights(sizes, "balanced", SwapState()) == {"gender": 1.0, "race": 1.0, "religion": 0.0}
+    resting = SwapState(resting={"race": True})
+    assert type_weights(sizes, "size", resting) == {"gender": 10.0, "race": 0.0, "religion": 0.0}
+    # every type with data resting: all are drawn again
+    assert type_weights(sizes, "balanced", SwapState(resting={"race": True, "gender": True})) == {
+        "gender": 1.0, "race": 1.0, "religion": 0.0}
+    with pytest.raises(ConfigError, match="--type-sampling"):
+        type_weights(sizes, "uniform", SwapState())
+
+
+def test_balanced_sampling_and_resting_in_the_stream(byte_tok):
+    import collections
+
+    pools = _pools()
+    state = SwapState()
+    s = ChunkStream(pools, byte_tok, 0, seed=2, swap_state=state, type_sampling="balanced")
+    it = iter(s)
+    counts = collections.Counter(_type_of(t) for t in _decoded(byte_tok, [next(it) for _ in range(300)], "forget"))
+    types = list(pools.stereo)
+    share = {t: counts[t] / sum(counts.values()) for t in types}
+    assert all(abs(v - 1 / len(types)) < 0.06 for v in share.values()), share
+    state.resting["race"] = True
+    later = _decoded(byte_tok, [next(it) for _ in range(100)], "forget") + _decoded(
+        byte_tok, [next(it) for _ in range(20)], "retain")
+    assert "race" not in {_type_of(t) for t in later}

@@ -2,8 +2,13 @@
 
 - ``train``: ``stereoset/test.json`` after :func:`paper_filter`, minus ``control`` and minus every example
   sharing a sentence text with ``control`` or ``report``.
-- ``control``: ``control_per_type`` examples per bias type drawn (seeded) from the filtered test.json; the
-  paper's "dev" split (50 per type), used for model selection during training.
+- ``control``: held out of the filtered test.json for model selection during training (the paper's "dev"
+  split). ``control_by="example"`` (the paper's way): ``control_per_type`` examples per bias type drawn
+  (seeded). ``control_by="target"``: whole StereoSet *targets* (``Ethiopia``, ``nurse``, ...) held out per
+  bias type, in a seeded order, until they hold at least ``control_per_type`` examples. StereoSet's dev
+  and test files share no target, so the report split measures bias on targets never trained on; a
+  control split of held-out targets measures the same kind of generalisation, whereas one of random
+  examples shares its targets with train and reads the model as less biased than the report split does.
 - ``report``: ``stereoset/dev.json``, unfiltered, so predictions can be checked by StereoSet's official
   evaluator; the paper's "test" split.
 
@@ -27,6 +32,7 @@ from biasunlearn.errors import ConfigError, DataError, LeakageError
 logger = logging.getLogger(__name__)
 
 SPLIT_NAMES = ("train", "control", "report")
+CONTROL_BY = ("example", "target")
 
 
 def _dropped_by_paper_filter(ex: StereoExample) -> bool:
@@ -63,6 +69,8 @@ class Splits:
     control_per_type: int
     dropped_for_leakage: int
     tasks: tuple[str, ...] = field(default=TASKS)
+    control_by: str = "example"
+    control_targets: dict[str, list[str]] = field(default_factory=dict)
 
     def counts(self) -> dict[str, dict[str, int]]:
         """``split -> bias_type -> number of examples`` (every bias type present, zero when none)."""
@@ -101,14 +109,33 @@ def check_no_leakage(train: Sequence[StereoExample], held_out: dict[str, list[St
                            + ("\n  ..." if n > len(hits) else ""))
 
 
+def _control_by_target(candidates: list[StereoExample], n: int, rng: random.Random) -> list[str]:
+    """Targets (seeded order) whose examples together reach ``n``; ``[]`` when ``n`` is 0."""
+    counts: dict[str, int] = {}
+    for ex in candidates:
+        counts[ex.target] = counts.get(ex.target, 0) + 1
+    order = sorted(counts)
+    rng.shuffle(order)
+    picked, total = [], 0
+    for target in order:
+        if total >= n:
+            break
+        picked.append(target)
+        total += counts[target]
+    return picked
+
+
 def make_splits(data_dir: str | os.PathLike[str], control_per_type: int = 50, seed: int = 0,
-                tasks: Sequence[str] = TASKS) -> Splits:
+                tasks: Sequence[str] = TASKS, control_by: str = "example") -> Splits:
     """Build the train/control/report splits from ``data_dir/stereoset`` (see the module docstring).
 
-    Every split keeps file order. The control draw is ``random.Random(seed).sample`` over each bias type's
-    examples sorted by id (bias types in :data:`BIAS_TYPES` order), so it depends only on the data and the
-    seed.
+    Every split keeps file order. The control draw is seeded over each bias type's examples (or targets)
+    in sorted order (bias types in :data:`BIAS_TYPES` order), so it depends only on the data and the seed.
+    With ``control_by="target"`` every example of a held-out target goes to control, so train shares no
+    target with control (nor with report: StereoSet's files share none).
     """
+    if control_by not in CONTROL_BY:
+        raise ConfigError(f"--control-by: expected one of {', '.join(CONTROL_BY)}, got {control_by!r}")
     if isinstance(tasks, str):
         tasks = (tasks,)
     tasks = tuple(tasks)
@@ -120,12 +147,21 @@ def make_splits(data_dir: str | os.PathLike[str], control_per_type: int = 50, se
 
     rng = random.Random(seed)
     chosen: set[str] = set()
+    held_targets: dict[str, list[str]] = {}
     for bt in BIAS_TYPES:
         candidates = sorted((ex for ex in pool if ex.bias_type == bt), key=lambda e: e.id)
         if len(candidates) < control_per_type:
             raise DataError(f"{root / STEREOSET_TEST}: only {len(candidates)} {bt} examples after the paper "
                             f"filter, fewer than control_per_type={control_per_type}")
-        chosen.update(ex.id for ex in rng.sample(candidates, control_per_type))
+        if control_by == "target":
+            targets = _control_by_target(candidates, control_per_type, rng)
+            if control_per_type and len(targets) == len({ex.target for ex in candidates}):
+                raise DataError(f"{root / STEREOSET_TEST}: holding out {control_per_type} {bt} examples by target "
+                                f"takes every {bt} target and leaves none to train on; lower control_per_type")
+            held_targets[bt] = targets
+            chosen.update(ex.id for ex in candidates if ex.target in set(targets))
+        else:
+            chosen.update(ex.id for ex in rng.sample(candidates, control_per_type))
     control = [ex for ex in pool if ex.id in chosen]
     rest = [ex for ex in pool if ex.id not in chosen]
 
@@ -135,8 +171,11 @@ def make_splits(data_dir: str | os.PathLike[str], control_per_type: int = 50, se
     logger.info("StereoSet splits (seed=%d, control_per_type=%d): dropped %d train example(s) sharing a "
                 "sentence with control or report", seed, control_per_type, dropped)
     check_no_leakage(train, {"report": report, "control": control})
+    if held_targets:
+        logger.info("control split: held-out targets %s", {bt: ts for bt, ts in held_targets.items()})
     splits = Splits(train=train, control=control, report=report, seed=seed,
-                    control_per_type=control_per_type, dropped_for_leakage=dropped, tasks=tasks)
+                    control_per_type=control_per_type, dropped_for_leakage=dropped, tasks=tasks,
+                    control_by=control_by, control_targets=held_targets)
     logger.debug("split counts: %s", splits.counts())
     return splits
 

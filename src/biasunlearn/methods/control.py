@@ -11,6 +11,10 @@ Every ``every`` steps the policy scores the control split (held out of train). T
   every step. A type is *reversed* when ``gap < −z·se``, *stereotypical* when ``gap > z·se``, and
   *balanced* in between; swapping and stopping use those states.
 
+Optionally (``rest_balanced``) a balanced type *rests*: it is not drawn for forget and retain until it
+leaves the tolerance again, so the step budget goes to the types that still need it (the bias types
+move at very different speeds under the same updates).
+
 Alongside, the control ICAT (SS and LMS over all control examples) picks the best checkpoint: the
 adapter weights of the best reading are kept and restored at the end when ``keep_best`` is on.
 """
@@ -46,6 +50,7 @@ class ControlConfig:
     threshold: float = 2.0  # SS points, for signal "ss"
     z: float = 1.0  # tolerance in standard errors, for signal "gap"
     swapping: bool = True
+    rest_balanced: bool = False
     early_stop: bool = True
     keep_best: bool = True
 
@@ -89,8 +94,15 @@ def type_state(reading: dict[str, float], cfg: ControlConfig) -> str:
 
 
 def update_swaps(swap: SwapState, states: dict[str, str], cfg: ControlConfig) -> list[str]:
-    """Swap reversed types and swap back those that turned stereotypical again; returns changed types."""
+    """Swap reversed types and swap back those that turned stereotypical again; returns changed types.
+
+    With ``cfg.rest_balanced`` a balanced type also *rests* (is not drawn for forget and retain) until
+    a later reading finds it outside the tolerance again.
+    """
     changed = []
+    if cfg.rest_balanced:
+        for t, s in states.items():
+            swap.resting[t] = s == "balanced"
     if not cfg.swapping:
         return changed
     for t, s in states.items():
@@ -133,7 +145,8 @@ class ControlCallback(TrainerCallback):
             model.train()
         states = {t: type_state(r, self.cfg) for t, r in reading["types"].items()}
         changed = update_swaps(self.swap, states, self.cfg)
-        rec = {"step": step, **reading, "states": states, "swapped": dict(self.swap.swapped), "changed": changed,
+        rec = {"step": step, **reading, "states": states, "swapped": dict(self.swap.swapped),
+               "resting": dict(self.swap.resting), "changed": changed,
                "seconds": round(time.time() - t0, 2)}
         self.history.append(rec)
         log.info("control step %d: ICAT %.2f SS %.2f LMS %.2f | %s%s", step, reading["ICAT"], reading["SS"],

@@ -115,12 +115,36 @@ def build_pools(examples: Sequence[StereoExample], region: str = "from_blank",
 
 @dataclass
 class SwapState:
-    """Which bias types currently have their forget and retain roles swapped."""
+    """Which bias types currently have their forget and retain roles swapped, and which are resting
+    (balanced on the control split, so not drawn for forget and retain while ``rest_balanced`` is on)."""
 
     swapped: dict[str, bool] = field(default_factory=dict)
+    resting: dict[str, bool] = field(default_factory=dict)
 
     def is_swapped(self, bias_type: str) -> bool:
         return self.swapped.get(bias_type, False)
+
+    def is_resting(self, bias_type: str) -> bool:
+        return self.resting.get(bias_type, False)
+
+
+TYPE_SAMPLING = ("size", "balanced")
+
+
+def type_weights(sizes: dict[str, int], sampling: str, state: SwapState) -> dict[str, float]:
+    """Probability weight of each bias type when drawing forget / retain items.
+
+    ``size``: proportional to the type's pool (the paper draws uniformly from the union of all types);
+    ``balanced``: equal for every type. Resting types get weight 0, unless every type rests (then all
+    are drawn as if none rested).
+    """
+    if sampling not in TYPE_SAMPLING:
+        raise ConfigError(f"--type-sampling: expected one of {', '.join(TYPE_SAMPLING)}, got {sampling!r}")
+    base = {t: float(n if sampling == "size" else (1 if n else 0)) for t, n in sizes.items()}
+    active = {t: w for t, w in base.items() if not state.is_resting(t)}
+    if not any(active.values()):
+        return base
+    return {t: (active.get(t, 0.0)) for t in base}
 
 
 class _Cycler:
@@ -155,14 +179,15 @@ def encode_item(tokenizer, item: TrainItem, start_id: int, max_length: int = 128
 class ChunkStream(torch.utils.data.IterableDataset):
     """Endless chunks of ``n_forget`` forget, ``n_retain`` retain and ``n_kl`` unrelated sequences.
 
-    Forget and retain items are drawn uniformly from the union of the bias types' current pools (so
-    a type contributes in proportion to its size), each type's pools cycled in shuffled passes; the
-    roles of a type follow ``swap_state``, which the swap callback updates during training.
+    Forget and retain items are drawn by bias type with :func:`type_weights` (``type_sampling="size"``:
+    uniformly from the union of the types' current pools, as the paper does; ``"balanced"``: each type
+    equally often), each type's pools cycled in shuffled passes; the roles of a type (and whether it
+    rests) follow ``swap_state``, which the control callback updates during training.
     """
 
     def __init__(self, pools: Pools, tokenizer, start_id: int, *, n_forget: int = 4, n_retain: int = 28,
                  n_kl: int = 8, adversarial_fraction: float = 0.25, seed: int = 0,
-                 swap_state: SwapState | None = None, max_length: int = 128) -> None:
+                 swap_state: SwapState | None = None, max_length: int = 128, type_sampling: str = "size") -> None:
         super().__init__()
         if not 0.0 <= adversarial_fraction <= 1.0:
             raise ConfigError(f"--adversarial-fraction must be in [0, 1], got {adversarial_fraction}")
@@ -172,6 +197,8 @@ class ChunkStream(torch.utils.data.IterableDataset):
         self.seed = seed
         self.swap_state = swap_state or SwapState()
         self.max_length = max_length
+        type_weights({}, type_sampling, SwapState())  # validates the option
+        self.type_sampling = type_sampling
         rng = random.Random(seed)
         # Fixed adversarial subsets: a seeded fraction of each type's anti-stereotypes (and of its
         # stereotypes, used when the type is swapped).
@@ -195,9 +222,9 @@ class ChunkStream(torch.utils.data.IterableDataset):
 
         def draw(role: str, n: int) -> list[Encoded]:
             pools = {t: (self.forget_pool(t) if role == "forget" else self.retain_pool(t)) for t in types}
-            sizes = [len(pools[t]) for t in types]
+            weights = type_weights({t: len(pools[t]) for t in types}, self.type_sampling, self.swap_state)
             out = []
-            for t in rng.choices(types, weights=sizes, k=n):
+            for t in rng.choices(types, weights=[weights[t] for t in types], k=n) if n else []:
                 key = (role, t, self.swap_state.is_swapped(t))
                 if key not in cyclers:
                     cyclers[key] = _Cycler(pools[t], rng)

@@ -132,12 +132,13 @@ class JsonlLogCallback(TrainerCallback):
 def save_swap_state(folder: Path, state: SwapState, history: list[dict[str, Any]]) -> None:
     from biasunlearn.utils import atomic_write_json
 
-    atomic_write_json(Path(folder) / "biasunlearn_state.json", {"swapped": state.swapped, "history": history})
+    atomic_write_json(Path(folder) / "biasunlearn_state.json",
+                      {"swapped": state.swapped, "resting": state.resting, "history": history})
 
 
-def load_swap_state(folder: Path) -> tuple[dict[str, bool], list[dict[str, Any]]]:
+def load_swap_state(folder: Path) -> tuple[SwapState, list[dict[str, Any]]]:
     p = Path(folder) / "biasunlearn_state.json"
     if not p.is_file():
-        return {}, []
+        return SwapState(), []
     d = json.loads(p.read_text())
-    return dict(d.get("swapped", {})), list(d.get("history", []))
+    return SwapState(dict(d.get("swapped", {})), dict(d.get("resting", {}))), list(d.get("history", []))
