@@ -64,6 +64,8 @@ class TrainConfig:
         w_retain: weight of the retention term (paper: 0.4).
         w_kl: weight of the KL term (paper: 0.2).
         normalize_forget: length-normalise the per-sequence log-likelihood in the NPO term.
+        normalize_retain: average the retention cross-entropy per sequence (each retained sentence
+            weighs the same) instead of per token (long intersentence candidates dominate).
         loss_region: intrasentence loss region: from_blank, blank_only or sentence.
         tasks: StereoSet tasks to train on (comma-separated).
         max_length: longest training sequence in tokens.
@@ -115,6 +117,7 @@ class TrainConfig:
     w_retain: float = 0.4
     w_kl: float = 0.2
     normalize_forget: bool = False
+    normalize_retain: bool = False
     loss_region: str = "from_blank"
     tasks: str = "intrasentence,intersentence"
     max_length: int = 128
@@ -253,7 +256,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         data_collator=partial(collate_chunk, pad_id=tok.pad_token_id if tok.pad_token_id is not None else start_id,
                               pack=cfg.pack_sequences),
         method=method,
-        weights=ObjectiveWeights(cfg.w_forget, cfg.w_retain, cfg.w_kl, cfg.beta, cfg.normalize_forget),
+        weights=ObjectiveWeights(cfg.w_forget, cfg.w_retain, cfg.w_kl, cfg.beta, cfg.normalize_forget,
+                                 cfg.normalize_retain),
         callbacks=[JsonlLogCallback(out / "train_log.jsonl"), control_cb, _StateSaver(swap, history)],
     )
     t0 = time.time()

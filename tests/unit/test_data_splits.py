@@ -255,7 +255,7 @@ def test_control_by_target_holds_out_whole_targets(fixture_data_dir):
 
 def test_control_by_target_refuses_to_take_every_target(fixture_data_dir):
     # gender has 5 filtered fixture examples: holding out 5 takes every gender target
-    with pytest.raises(DataError, match="gender.*every gender target"):
+    with pytest.raises(DataError, match=r"gender.*every gender target"):
         make_splits(fixture_data_dir, control_per_type=5, control_by="target")
     with pytest.raises(ConfigError, match="--control-by"):
         make_splits(fixture_data_dir, control_by="person")

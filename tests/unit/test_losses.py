@@ -206,6 +206,13 @@ def test_retention_loss_is_token_mean_cross_entropy_over_masked_tokens():
     ids = torch.tensor([[2, 0, 1], [0, 1, 2]])
     mask = torch.tensor([[False, True, True], [False, True, False]])
     _close(losses.retention_loss(logits, ids, mask), 5 / 3 * LOG2, atol=1e-5)
+    # per_sequence: row means log 2·(1+2)/2 = 1.5 log 2 and 2 log 2 -> mean 1.75 log 2
+    _close(losses.retention_loss(logits, ids, mask, per_sequence=True), 1.75 * LOG2, atol=1e-5)
+    # a row without region tokens does not count in the per-sequence mean
+    empty = torch.cat([mask, torch.zeros(1, 3, dtype=torch.bool)])
+    logits3 = torch.cat([logits, logits[:1]])
+    ids3 = torch.cat([ids, ids[:1]])
+    _close(losses.retention_loss(logits3, ids3, empty, per_sequence=True), 1.75 * LOG2, atol=1e-5)
 
 
 def test_retention_loss_ignores_position_zero_and_empty_mask_is_zero():

@@ -58,14 +58,21 @@ def gradient_ascent_loss(policy_logprob: torch.Tensor) -> torch.Tensor:
     return policy_logprob.mean()
 
 
-def retention_loss(logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy on the retain (anti-stereotype) set, mean over region tokens (paper eq. 2).
+def retention_loss(logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: torch.Tensor,
+                   per_sequence: bool = False) -> torch.Tensor:
+    """Cross-entropy on the retain (anti-stereotype) set (paper eq. 2).
 
-    ``L_Retention = (1/|D_r|) Σ_{(x,y) ∈ D_r} CE(π_θ(·|x), y)``, averaged over the region tokens of
-    the batch.
+    ``L_Retention = (1/|D_r|) Σ_{(x,y) ∈ D_r} CE(π_θ(·|x), y)``. By default averaged over the region
+    tokens of the batch, so a long sentence weighs more than a one-word blank; with ``per_sequence``
+    each sequence's token-mean CE is averaged over sequences (every retained sentence weighs the same,
+    matching the length-normalised forget term).
     """
     mask = loss_mask[:, 1:].to(torch.float32)
     nll = -token_logprobs(logits, input_ids)
+    if per_sequence:
+        has = mask.sum(-1) > 0
+        per_seq = (nll * mask).sum(-1) / mask.sum(-1).clamp_min(1.0)
+        return per_seq[has].mean() if bool(has.any()) else per_seq.sum() * 0.0
     return (nll * mask).sum() / mask.sum().clamp_min(1.0)
 
 

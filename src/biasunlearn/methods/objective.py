@@ -65,6 +65,7 @@ class ObjectiveWeights:
     kl: float = 0.2
     beta: float = 0.1
     normalize_forget: bool = False  # length-normalised per-sequence log-likelihood in the forget term
+    normalize_retain: bool = False  # retention CE averaged per sequence instead of per token
 
 
 def objective(
@@ -94,7 +95,8 @@ def objective(
             terms["forget"] = losses.gradient_ascent_loss(lp)
         total = total + w.forget * terms["forget"]
     if method.retain:
-        terms["retain"] = losses.retention_loss(retain_logits, retain_ids, retain_mask)
+        terms["retain"] = losses.retention_loss(retain_logits, retain_ids, retain_mask,
+                                                 per_sequence=w.normalize_retain)
         total = total + w.retain * terms["retain"]
     if method.kl:
         terms["kl"] = losses.forward_kl(kl_logits, kl_ref_logits, kl_mask)
