@@ -47,8 +47,8 @@ class TrainConfig:
     Attributes:
         model: built-in alias, hub id, local checkpoint folder or .gguf file.
         out: output folder (adapter/, checkpoints/, train_log.jsonl).
-        method: biasunlearn, or an ablation (no_retention, no_kl, no_adversarial, no_swapping) or an
-            unlearning baseline (ga, npo, graddiff).
+        method: biasunlearn, or an ablation (no_retention, no_kl, no_adversarial, no_swapping), an
+            unlearning baseline (ga, npo, graddiff) or a fine-tuning baseline (cda, sft).
         preset: named set of defaults applied before the YAML file and flags (quick).
         data_dir: benchmark data folder (default: $BIASUNLEARN_DATA, then the user cache).
         seed: seed of the control split, the data order and the adapter initialisation.
@@ -234,8 +234,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
     start_id = resolve_start_token_id(tok, cfg.scoring.start_token)
     adv = cfg.adversarial_fraction if method.adversarial else 0.0
+    n_retain = (cfg.n_retain + (cfg.n_forget if method.forget == "none" else 0)) if method.retain else 0
     stream = ChunkStream(pools, tok, start_id, n_forget=cfg.n_forget if method.forget != "none" else 0,
-                         n_retain=cfg.n_retain if method.retain else 0, n_kl=cfg.n_kl if method.kl else 0,
+                         n_retain=n_retain, n_kl=cfg.n_kl if method.kl else 0, retain_set=method.retain_set,
                          adversarial_fraction=adv, seed=cfg.seed, swap_state=swap, max_length=cfg.max_length,
                          type_sampling=cfg.type_sampling)
     ccfg = ControlConfig(signal=cfg.control_signal, every=cfg.control_every, threshold=cfg.control_threshold,

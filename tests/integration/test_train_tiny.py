@@ -138,3 +138,18 @@ def test_packed_step_equals_padded_step(method, tiny_model_and_tokenizer, fixtur
     assert g0.keys() == g1.keys() and g0
     for n in g0:
         assert torch.allclose(g0[n], g1[n], rtol=1e-3, atol=1e-5), n
+
+
+@pytest.mark.parametrize("method", ["cda", "sft"])
+def test_fine_tuning_baselines_train_through_the_cli(method, tiny_model_dir, fixture_data_dir, tmp_path):
+    out = tmp_path / method
+    rc = main(["train", "--model", str(tiny_model_dir), "--data-dir", str(fixture_data_dir), "--out", str(out),
+               "--method", method, "--control-per-type", "1", "--max-steps", "2", "--control-every", "1",
+               "--n-forget", "1", "--n-retain", "3", "--n-kl", "2", "--save-steps", "2", "--no-early-stop"])
+    assert rc == 0
+    prov = json.loads((out / "adapter" / "provenance.json").read_text())
+    assert prov["method"] == method and prov["steps"] == 2
+    assert [h["step"] for h in prov["control_history"]] == [0, 1, 2]  # SS-versus-step readings
+    steps = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
+    terms = [r for r in steps if "loss_retain" in r]
+    assert len(terms) == 2 and not any("loss_forget" in r or "loss_kl" in r for r in terms)

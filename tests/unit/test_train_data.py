@@ -647,3 +647,17 @@ def test_balanced_sampling_and_resting_in_the_stream(byte_tok):
     later = _decoded(byte_tok, [next(it) for _ in range(100)], "forget") + _decoded(
         byte_tok, [next(it) for _ in range(20)], "retain")
     assert "race" not in {_type_of(t) for t in later}
+
+
+def test_sft_retain_set_draws_stereotypes_and_anti_stereotypes_one_to_one(byte_tok):
+    pools = _pools()
+    s = ChunkStream(pools, byte_tok, 0, n_forget=0, n_retain=32, n_kl=0, seed=3, retain_set="both")
+    chunks = _take(s, 60)
+    assert all(len(ch["forget"]) == 0 and len(ch["kl"]) == 0 for ch in chunks)
+    retain = _decoded(byte_tok, chunks, "retain")
+    stereo = set().union(*(_texts(v) for v in pools.stereo.values()))
+    anti = set().union(*(_texts(v) for v in pools.anti.values()))
+    n_s, n_a = sum(t in stereo for t in retain), sum(t in anti for t in retain)
+    assert n_s + n_a == len(retain) and abs(n_s - n_a) < 0.15 * len(retain)
+    with pytest.raises(ConfigError, match="retain_set"):
+        ChunkStream(pools, byte_tok, 0, retain_set="stereo")

@@ -187,7 +187,8 @@ class ChunkStream(torch.utils.data.IterableDataset):
 
     def __init__(self, pools: Pools, tokenizer, start_id: int, *, n_forget: int = 4, n_retain: int = 28,
                  n_kl: int = 8, adversarial_fraction: float = 0.25, seed: int = 0,
-                 swap_state: SwapState | None = None, max_length: int = 128, type_sampling: str = "size") -> None:
+                 swap_state: SwapState | None = None, max_length: int = 128, type_sampling: str = "size",
+                 retain_set: str = "anti") -> None:
         super().__init__()
         if not 0.0 <= adversarial_fraction <= 1.0:
             raise ConfigError(f"--adversarial-fraction must be in [0, 1], got {adversarial_fraction}")
@@ -199,6 +200,9 @@ class ChunkStream(torch.utils.data.IterableDataset):
         self.max_length = max_length
         type_weights({}, type_sampling, SwapState())  # validates the option
         self.type_sampling = type_sampling
+        if retain_set not in ("anti", "both"):
+            raise ConfigError(f"retain_set: expected anti or both, got {retain_set!r}")
+        self.retain_set = retain_set
         rng = random.Random(seed)
         # Fixed adversarial subsets: a seeded fraction of each type's anti-stereotypes (and of its
         # stereotypes, used when the type is swapped).
@@ -211,6 +215,8 @@ class ChunkStream(torch.utils.data.IterableDataset):
         return self.pools.stereo[t] + self.adv_anti[t]
 
     def retain_pool(self, t: str) -> list[TrainItem]:
+        if self.retain_set == "both":  # SFT: stereotypes and anti-stereotypes 1:1
+            return self.pools.stereo[t] + self.pools.anti[t]
         return self.pools.stereo[t] if self.swap_state.is_swapped(t) else self.pools.anti[t]
 
     def __iter__(self) -> Iterator[dict[str, list[Encoded]]]:

@@ -11,7 +11,9 @@ sequences. With ``π_θ`` the policy and ``π_ref`` the same model with its adap
 
 with α = (0.4, 0.4, 0.2) and β = 0.1 by default. A :class:`Method` names which terms are on; the
 ablations of the paper's Table 5 and the unlearning baselines (gradient ascent, NPO alone, gradient
-difference) are registered next to BiasUnlearn in :data:`METHODS`.
+difference) and the fine-tuning baselines (CDA: cross-entropy on the anti-stereotypes, the counterfactual
+sentences; SFT: cross-entropy on stereotypes and anti-stereotypes 1:1) are registered next to
+BiasUnlearn in :data:`METHODS`.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ class Method:
         kl: use the forward-KL term on unrelated sentences.
         adversarial: add the adversarial share of anti-stereotypes to the forget set.
         swapping: swap a bias type's forget and retain sets when its control signal crosses 50.
+        retain_set: what the retention term trains on: ``anti`` (anti-stereotypes) or ``both``
+            (stereotype and anti-stereotype sentences 1:1, the SFT baseline of paper §4.5).
     """
 
     name: str
@@ -42,6 +46,7 @@ class Method:
     kl: bool = True
     adversarial: bool = True
     swapping: bool = True
+    retain_set: str = "anti"
 
 
 METHODS: Registry[Method] = Registry("method", "--method")
@@ -54,6 +59,10 @@ for _m in (
     Method("ga", forget="ga", retain=False, kl=False, adversarial=False, swapping=False),
     Method("npo", retain=False, kl=False, adversarial=False, swapping=False),
     Method("graddiff", forget="ga", kl=False, adversarial=False, swapping=False),
+    # Fine-tuning baselines (paper Table 1 and §4.5): cross-entropy only. With no forget term, each step
+    # trains on n_forget + n_retain sentences, the same number of sentences as a BiasUnlearn step.
+    Method("cda", forget="none", kl=False, adversarial=False, swapping=False),
+    Method("sft", forget="none", kl=False, adversarial=False, swapping=False, retain_set="both"),
 ):
     METHODS.register(_m.name)(_m)
 
