@@ -48,7 +48,7 @@ class TrainConfig:
         model: built-in alias, hub id, local checkpoint folder or .gguf file.
         out: output folder (adapter/, checkpoints/, train_log.jsonl).
         method: biasunlearn, or an ablation (no_retention, no_kl, no_adversarial, no_swapping), an
-            unlearning baseline (ga, npo, graddiff) or a fine-tuning baseline (cda, sft).
+            unlearning baseline (ga, npo, graddiff) or a fine-tuning baseline (cda, sft, dpo).
         preset: named set of defaults applied before the YAML file and flags (quick).
         data_dir: benchmark data folder (default: $BIASUNLEARN_DATA, then the user cache).
         seed: seed of the control split, the data order and the adapter initialisation.
@@ -59,7 +59,7 @@ class TrainConfig:
         n_retain: retain sequences per step (paper: 28).
         n_kl: unrelated sequences per step for the KL term.
         adversarial_fraction: share of each type's anti-stereotypes added to its forget set (0 = none).
-        beta: NPO inverse temperature.
+        beta: NPO inverse temperature (DPO's beta for method dpo).
         w_forget: weight of the forget term (paper: 0.4).
         w_retain: weight of the retention term (paper: 0.4).
         w_kl: weight of the KL term (paper: 0.2).
@@ -243,7 +243,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                          z=cfg.control_z, swapping=method.swapping,
                          rest_balanced=cfg.rest_balanced, early_stop=cfg.early_stop, keep_best=cfg.keep_best)
     control_cb = ControlCallback(tok, splits.control, ccfg, swap, cfg.scoring, history)
-    args = TrainingArguments(
+    args_kwargs = dict(
         output_dir=str(ckpt_dir), max_steps=cfg.max_steps, learning_rate=cfg.learning_rate,
         lr_scheduler_type="linear", warmup_steps=cfg.warmup_steps, optim="adamw_torch",
         per_device_train_batch_size=1, gradient_accumulation_steps=1, logging_steps=1,
@@ -252,15 +252,21 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         use_cpu=cfg.device == "cpu", bf16=cfg.train_bf16, disable_tqdm=False,
         accelerator_config={"dispatch_batches": False},
     )
-    trainer = BiasUnlearnTrainer(
-        model=model, args=args, train_dataset=stream,
-        data_collator=partial(collate_chunk, pad_id=tok.pad_token_id if tok.pad_token_id is not None else start_id,
-                              pack=cfg.pack_sequences),
-        method=method,
-        weights=ObjectiveWeights(cfg.w_forget, cfg.w_retain, cfg.w_kl, cfg.beta, cfg.normalize_forget,
-                                 cfg.normalize_retain),
-        callbacks=[JsonlLogCallback(out / "train_log.jsonl"), control_cb, _StateSaver(swap, history)],
-    )
+    callbacks = [JsonlLogCallback(out / "train_log.jsonl"), control_cb, _StateSaver(swap, history)]
+    if method.engine == "dpo":
+        from biasunlearn.baselines.dpo import build_dpo_trainer
+
+        trainer = build_dpo_trainer(model, tok, splits.train, cfg, args_kwargs, callbacks)
+    else:
+        trainer = BiasUnlearnTrainer(
+            model=model, args=TrainingArguments(**args_kwargs), train_dataset=stream,
+            data_collator=partial(collate_chunk, pad_id=tok.pad_token_id if tok.pad_token_id is not None
+                                  else start_id, pack=cfg.pack_sequences),
+            method=method,
+            weights=ObjectiveWeights(cfg.w_forget, cfg.w_retain, cfg.w_kl, cfg.beta, cfg.normalize_forget,
+                                     cfg.normalize_retain),
+            callbacks=callbacks,
+        )
     t0 = time.time()
     trainer.train(resume_from_checkpoint=resume_from)
     train_s = time.time() - t0

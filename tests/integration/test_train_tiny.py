@@ -153,3 +153,18 @@ def test_fine_tuning_baselines_train_through_the_cli(method, tiny_model_dir, fix
     steps = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
     terms = [r for r in steps if "loss_retain" in r]
     assert len(terms) == 2 and not any("loss_forget" in r or "loss_kl" in r for r in terms)
+
+
+def test_dpo_baseline_trains_through_trl(tiny_model_dir, fixture_data_dir, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "dpo"
+    rec = train(_cfg(tiny_model_dir, fixture_data_dir, out, method="dpo", max_steps=2, control_every=1,
+                     n_forget=2, n_retain=2))
+    assert rec["method"] == "dpo" and rec["steps"] == 2
+    assert [h["step"] for h in rec["control_history"]] == [0, 1, 2]
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), str(out / "adapter"))
+    assert any(p.abs().sum() > 0 for n, p in model.named_parameters() if "lora_B" in n)
+    log = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
+    assert any("loss" in r for r in log)

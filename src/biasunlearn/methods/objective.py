@@ -38,6 +38,9 @@ class Method:
         swapping: swap a bias type's forget and retain sets when its control signal crosses 50.
         retain_set: what the retention term trains on: ``anti`` (anti-stereotypes) or ``both``
             (stereotype and anti-stereotype sentences 1:1, the SFT baseline of paper §4.5).
+        engine: ``biasunlearn`` (this module's terms in :class:`~biasunlearn.methods.trainer.BiasUnlearnTrainer`)
+            or ``dpo`` (``trl``'s DPOTrainer on stereotype / anti-stereotype pairs, see
+            :mod:`biasunlearn.baselines.dpo`).
     """
 
     name: str
@@ -47,6 +50,7 @@ class Method:
     adversarial: bool = True
     swapping: bool = True
     retain_set: str = "anti"
+    engine: str = "biasunlearn"
 
 
 METHODS: Registry[Method] = Registry("method", "--method")
@@ -63,6 +67,7 @@ for _m in (
     # trains on n_forget + n_retain sentences, the same number of sentences as a BiasUnlearn step.
     Method("cda", forget="none", kl=False, adversarial=False, swapping=False),
     Method("sft", forget="none", kl=False, adversarial=False, swapping=False, retain_set="both"),
+    Method("dpo", forget="none", retain=False, kl=False, adversarial=False, swapping=False, engine="dpo"),
 ):
     METHODS.register(_m.name)(_m)
 
