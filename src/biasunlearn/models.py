@@ -765,6 +765,15 @@ def lora_target_modules(model: Any) -> list[str]:
     return present
 
 
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """sha256 of the tokenizer's vocabulary (token -> id, sorted): equal exactly when the vocabularies are."""
+    import hashlib
+    import json
+
+    vocab = tokenizer.get_vocab()
+    return hashlib.sha256(json.dumps(sorted(vocab.items()), ensure_ascii=False).encode()).hexdigest()
+
+
 def model_info(model: Any, tokenizer: Any, resolved: ResolvedModel) -> dict[str, Any]:
     """Provenance of a loaded model, for run records and reports."""
     params = {id(p): p for p in model.parameters()}
@@ -781,6 +790,7 @@ def model_info(model: Any, tokenizer: Any, resolved: ResolvedModel) -> dict[str,
         "n_parameters": int(sum(p.numel() for p in params.values())),
         "vocab_size": getattr(config, "vocab_size", None),
         "tokenizer_size": len(tokenizer) if tokenizer is not None else None,
+        "tokenizer_sha256": tokenizer_fingerprint(tokenizer) if tokenizer is not None else None,
         "dtype": str(first.dtype).replace("torch.", "") if first is not None else None,
         "is_chat": resolved.is_chat,
         "has_chat_template": bool(getattr(tokenizer, "chat_template", None)),
