@@ -22,7 +22,7 @@ def _setup_logging(verbosity: int) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from biasunlearn.cli import data_cmd, eval_cmd, run_cmd, train_cmd, transfer_cmd
+    from biasunlearn.cli import compare_cmd, data_cmd, eval_cmd, run_cmd, train_cmd, transfer_cmd
 
     parser = argparse.ArgumentParser(
         prog="biasunlearn",
@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for mod in (run_cmd, eval_cmd, train_cmd, transfer_cmd, data_cmd):
+    for mod in (run_cmd, eval_cmd, train_cmd, compare_cmd, transfer_cmd, data_cmd):
         mod.add_parser(sub)
     return parser
 
