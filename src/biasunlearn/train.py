@@ -79,10 +79,12 @@ class TrainConfig:
             control_by target).
         control_by: hold the control split out by ``target`` (whole StereoSet targets, as the report split's
             targets are unseen) or by ``example`` (the paper's random draw).
-        control_signal: ss (the paper's rule) or gap (log-probability gap with its standard error).
+        control_signal: soft_ss (soft SS with its standard error, the default), ss (the paper's rule) or gap
+            (mean log-probability gap with its standard error); see biasunlearn.methods.control.
         control_every: steps between control readings.
         control_threshold: SS tolerance around 50 for control_signal ss.
-        control_z: tolerance in standard errors for control_signal gap.
+        control_z: tolerance in standard errors for control_signal soft_ss and gap.
+        control_tau: temperature of control_signal soft_ss (nats of mean token log-probability).
         rest_balanced: a bias type balanced on the control split rests (is not drawn for forget and
             retain) until it leaves the tolerance again.
         type_sampling: how forget and retain items are spread over bias types: size (in proportion to
@@ -128,10 +130,11 @@ class TrainConfig:
     target_modules: str = ""
     control_per_type: int = 150
     control_by: str = "target"
-    control_signal: str = "gap"
+    control_signal: str = "soft_ss"
     control_every: int = 10
     control_threshold: float = 2.0
     control_z: float = 1.0
+    control_tau: float = 0.1
     rest_balanced: bool = False
     type_sampling: str = "size"
     early_stop: bool = True
@@ -158,7 +161,7 @@ class TrainConfig:
         for name in ("n_forget", "n_retain", "n_kl"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 0")
-        ControlConfig(signal=self.control_signal, every=self.control_every)
+        ControlConfig(signal=self.control_signal, every=self.control_every, tau=self.control_tau)
         if self.type_sampling not in TYPE_SAMPLING:
             raise ConfigError(f"--type-sampling: expected one of {', '.join(TYPE_SAMPLING)}, "
                               f"got {self.type_sampling!r}")
@@ -240,7 +243,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                          adversarial_fraction=adv, seed=cfg.seed, swap_state=swap, max_length=cfg.max_length,
                          type_sampling=cfg.type_sampling)
     ccfg = ControlConfig(signal=cfg.control_signal, every=cfg.control_every, threshold=cfg.control_threshold,
-                         z=cfg.control_z, swapping=method.swapping,
+                         z=cfg.control_z, tau=cfg.control_tau, swapping=method.swapping,
                          rest_balanced=cfg.rest_balanced, early_stop=cfg.early_stop, keep_best=cfg.keep_best)
     control_cb = ControlCallback(tok, splits.control, ccfg, swap, cfg.scoring, history)
     args_kwargs = dict(

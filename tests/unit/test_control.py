@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
 from biasunlearn.errors import ConfigError
@@ -12,7 +13,7 @@ from biasunlearn.methods.data import SwapState
 
 
 def _r(ss=50.0, gap=0.0, se=0.1):
-    return {"SS": ss, "LMS": 90.0, "gap": gap, "gap_se": se, "n": 50}
+    return {"SS": ss, "LMS": 90.0, "gap": gap, "gap_se": se, "soft_ss": ss, "soft_ss_se": 2.0, "n": 50}
 
 
 def test_ss_rule_states():
@@ -67,12 +68,14 @@ def test_callback_swaps_stops_and_keeps_best(monkeypatch, tiny_model_and_tokeniz
 
     model, tok = tiny_model_and_tokenizer
     readings = iter([
-        {"types": {"race": _r(gap=-0.5), "gender": _r(gap=0.5)}, "SS": 55.0, "LMS": 90.0, "ICAT": 70.0},
-        {"types": {"race": _r(gap=0.0), "gender": _r(gap=0.0)}, "SS": 50.0, "LMS": 89.0, "ICAT": 89.0},
+        {"types": {"race": _r(gap=-0.5), "gender": _r(gap=0.5)}, "SS": 55.0, "LMS": 90.0, "ICAT": 70.0,
+         "soft_ss": 55.0, "soft_ss_se": 1.0},
+        {"types": {"race": _r(gap=0.0), "gender": _r(gap=0.0)}, "SS": 50.0, "LMS": 89.0, "ICAT": 89.0,
+         "soft_ss": 50.0, "soft_ss_se": 1.0},
     ])
     monkeypatch.setattr(control, "control_reading", lambda *a, **k: next(readings))
     swap = SwapState()
-    cb = ControlCallback(tok, [], ControlConfig(every=1), swap)
+    cb = ControlCallback(tok, [], ControlConfig(every=1, signal="gap"), swap)
     ctl = _Ctl()
     cb._read(model, 0, ctl)
     assert swap.is_swapped("race") and not swap.is_swapped("gender") and not ctl.should_training_stop
@@ -93,3 +96,39 @@ def test_rest_balanced_types_rest_until_they_leave_the_tolerance():
     other = SwapState()
     update_swaps(other, {"race": "balanced"}, ControlConfig())
     assert not other.is_resting("race")
+
+
+def test_soft_ss_by_hand():
+    from biasunlearn.methods.control import soft_ss
+
+    # d = 0 -> 50; d = tau·ln 3 -> σ = 3/4 -> 75; d = -tau·ln 3 -> 25
+    tau = 0.1
+    m, se = soft_ss(np.array([0.0, tau * math.log(3), -tau * math.log(3)]), tau)
+    assert m == pytest.approx(50.0)
+    assert se == pytest.approx(25.0 / math.sqrt(3))  # sd of (50, 75, 25) is 25
+    m2, _ = soft_ss(np.array([tau * math.log(3)] * 4), tau)
+    assert m2 == pytest.approx(75.0)
+    # bounded per example: one huge gap moves it by at most 100/n
+    m3, _ = soft_ss(np.array([0.0, 0.0, 0.0, 50.0]), tau)
+    assert m3 == pytest.approx(62.5)
+
+
+def test_soft_ss_states_and_stop_rule():
+    from biasunlearn.methods.control import should_stop
+
+    cfg = ControlConfig(signal="soft_ss", z=1.0)
+
+    def r(soft, se=2.0):
+        return {"SS": 50.0, "soft_ss": soft, "soft_ss_se": se, "gap": 0.0, "gap_se": 1.0}
+
+    assert type_state(r(51.9), cfg) == "balanced"
+    assert type_state(r(52.1), cfg) == "stereotypical"
+    assert type_state(r(47.9), cfg) == "reversed"
+    assert type_state(r(47.9), ControlConfig(signal="soft_ss", z=1.5)) == "balanced"
+    states = {"race": "balanced", "gender": "balanced"}
+    assert should_stop({**r(51.0, 1.5)}, states, cfg)
+    assert not should_stop({**r(51.6, 1.5)}, states, cfg)  # every type balanced, the whole set is not
+    assert not should_stop(r(50.0), {"race": "balanced", "gender": "stereotypical"}, cfg)
+    assert should_stop({"SS": 55.0}, states, ControlConfig(signal="ss"))  # the paper's rule: types only
+    with pytest.raises(ConfigError, match="--control-tau"):
+        ControlConfig(tau=0.0)

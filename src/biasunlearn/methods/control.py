@@ -1,19 +1,28 @@
 """The control signal: dynamic dataset swapping, early stopping and best-checkpoint selection.
 
-Every ``every`` steps the policy scores the control split (held out of train). Two signals are offered:
+Every ``every`` steps the policy scores the control split (held out of train; by default whole
+StereoSet targets, like the report split's unseen targets). Three signals are offered:
 
 * ``ss`` (the paper's rule): SS per bias type; a type whose SS falls below 50 has its forget and retain
   sets swapped (and swapped back once its SS is above 50 again); training stops once every type's SS is
   within ``threshold`` (default 2) of 50. With 50 control examples per type, SS has a binomial sampling
   error of about ±7 points (``100·sqrt(0.25/50)``), so this rule mostly follows noise.
-* ``gap``: per type, the mean over control examples of ``mean_logprob(stereotype) −
-  mean_logprob(anti-stereotype)`` with its standard error ``se``: a continuous statistic that moves with
-  every step. A type is *reversed* when ``gap < −z·se``, *stereotypical* when ``gap > z·se``, and
-  *balanced* in between; swapping and stopping use those states.
+* ``soft_ss`` (the default): per type, ``100 · mean σ(d/τ)`` over the control examples, with ``d`` the
+  difference of mean token log-probability between the stereotype and the anti-stereotype sentence and
+  ``τ = tau`` (0.1). It is SS with the hard step replaced by a sigmoid: on the SS scale (50 = no
+  preference), continuous (it moves with every update instead of in jumps of ``100/n``), and bounded
+  per example, so a few sentences with huge log-probability differences cannot dominate it. Its
+  standard error ``se`` comes from the per-example values. A type is *reversed* when
+  ``soft_ss < 50 − z·se``, *stereotypical* when ``soft_ss > 50 + z·se``, *balanced* in between; training
+  stops once every type is balanced **and** the soft SS over all control examples is within
+  ``z·se_all`` of 50 (about ±1.8 points with 150 examples per type).
+* ``gap``: the same states from the mean of ``d`` itself with its standard error. On the built-in
+  model's report split the heavy tails of ``d`` make it a weaker test than SS (race: SS 56.7 is 5.9
+  standard errors above 50, the mean gap only 3.6), which is why it is no longer the default.
 
-Optionally (``rest_balanced``) a balanced type *rests*: it is not drawn for forget and retain until it
-leaves the tolerance again, so the step budget goes to the types that still need it (the bias types
-move at very different speeds under the same updates).
+Measured on the built-in model's report-split scores (4229 examples): distance from 50 in standard
+errors, SS / mean gap / soft SS (τ = 0.1): gender 5.1 / 4.2 / 5.7, profession 6.8 / 5.6 / 7.1, race
+5.9 / 3.6 / 5.9, religion 1.8 / 1.5 / 2.1.
 
 Alongside, the control ICAT (SS and LMS over all control examples) picks the best checkpoint: the
 adapter weights of the best reading are kept and restored at the end when ``keep_best`` is on.
@@ -40,15 +49,16 @@ from biasunlearn.scoring import ScoringConfig, sequence_logprobs
 
 log = logging.getLogger(__name__)
 
-SIGNALS = ("ss", "gap")
+SIGNALS = ("soft_ss", "ss", "gap")
 
 
 @dataclass
 class ControlConfig:
-    signal: str = "gap"
+    signal: str = "soft_ss"
     every: int = 10
     threshold: float = 2.0  # SS points, for signal "ss"
-    z: float = 1.0  # tolerance in standard errors, for signal "gap"
+    z: float = 1.0  # tolerance in standard errors, for signals "soft_ss" and "gap"
+    tau: float = 0.1  # temperature of signal "soft_ss" (nats of mean token log-probability)
     swapping: bool = True
     rest_balanced: bool = False
     early_stop: bool = True
@@ -59,38 +69,66 @@ class ControlConfig:
             raise ConfigError(f"--control-signal: expected one of {', '.join(SIGNALS)}, got {self.signal!r}")
         if self.every < 1:
             raise ConfigError(f"--control-every must be >= 1, got {self.every}")
+        if self.tau <= 0:
+            raise ConfigError(f"--control-tau must be > 0, got {self.tau}")
 
 
-def control_reading(model, tokenizer, examples: list[StereoExample], scoring: ScoringConfig) -> dict[str, Any]:
-    """SS, LMS, ICAT and the stereotype-minus-anti log-probability gap (with its s.e.) per bias type."""
+def _mean_se(x: np.ndarray) -> tuple[float, float]:
+    return float(x.mean()), (float(x.std(ddof=1) / math.sqrt(len(x))) if len(x) > 1 else float("inf"))
+
+
+def soft_ss(gaps: np.ndarray, tau: float) -> tuple[float, float]:
+    """``100·mean σ(d/τ)`` over the per-example gaps ``d`` and its standard error."""
+    p = 100.0 / (1.0 + np.exp(-np.asarray(gaps, dtype=np.float64) / tau))
+    return _mean_se(p)
+
+
+def control_reading(model, tokenizer, examples: list[StereoExample], scoring: ScoringConfig,
+                    tau: float = 0.1) -> dict[str, Any]:
+    """Per bias type and over all examples: SS, LMS, the stereotype-minus-anti log-probability gap and the
+    soft SS, each continuous statistic with its standard error; ICAT over all examples."""
     reqs, ids = stereoset_requests(examples)
     lp = sequence_logprobs(model, tokenizer, reqs, scoring, desc="control")
     geo = dict(zip(ids, lp.scores("geometric_mean").tolist(), strict=True))
     mean = dict(zip(ids, lp.scores("mean_logprob").tolist(), strict=True))
+
+    def stats(exs: list[StereoExample]) -> dict[str, float]:
+        m = evaluate_group(exs, geo)
+        gaps = np.array([mean[e.by_label("stereotype").id] - mean[e.by_label("anti-stereotype").id] for e in exs])
+        gap, gap_se = _mean_se(gaps)
+        soft, soft_se = soft_ss(gaps, tau)
+        return {"SS": m["SS"], "LMS": m["LMS"], "ICAT": m["ICAT"], "gap": gap, "gap_se": gap_se, "soft_ss": soft,
+                "soft_ss_se": soft_se, "n": len(exs)}
+
     out: dict[str, Any] = {"types": {}}
     for t in BIAS_TYPES:
         exs = [e for e in examples if e.bias_type == t]
-        if not exs:
-            continue
-        m = evaluate_group(exs, geo)
-        gaps = np.array([mean[e.by_label("stereotype").id] - mean[e.by_label("anti-stereotype").id] for e in exs])
-        se = float(gaps.std(ddof=1) / math.sqrt(len(gaps))) if len(gaps) > 1 else float("inf")
-        out["types"][t] = {"SS": m["SS"], "LMS": m["LMS"], "gap": float(gaps.mean()), "gap_se": se, "n": len(exs)}
-    overall = evaluate_group(examples, geo)
-    out.update({"SS": overall["SS"], "LMS": overall["LMS"], "ICAT": overall["ICAT"]})
+        if exs:
+            out["types"][t] = stats(exs)
+    out.update(stats(examples))
     return out
 
 
 def type_state(reading: dict[str, float], cfg: ControlConfig) -> str:
     """``reversed``, ``balanced`` or ``stereotypical`` for one type's reading."""
     if cfg.signal == "ss":
-        if abs(reading["SS"] - 50.0) <= cfg.threshold:
-            return "balanced"
-        return "reversed" if reading["SS"] < 50.0 else "stereotypical"
-    tol = cfg.z * reading["gap_se"]
-    if abs(reading["gap"]) <= tol:
+        dist, tol = reading["SS"] - 50.0, cfg.threshold
+    elif cfg.signal == "soft_ss":
+        dist, tol = reading["soft_ss"] - 50.0, cfg.z * reading["soft_ss_se"]
+    else:
+        dist, tol = reading["gap"], cfg.z * reading["gap_se"]
+    if abs(dist) <= tol:
         return "balanced"
-    return "reversed" if reading["gap"] < 0 else "stereotypical"
+    return "reversed" if dist < 0 else "stereotypical"
+
+
+def should_stop(reading: dict[str, Any], states: dict[str, str], cfg: ControlConfig) -> bool:
+    """Every type balanced and, for ``soft_ss``, the soft SS over all control examples within ``z·se``."""
+    if not states or not all(s == "balanced" for s in states.values()):
+        return False
+    if cfg.signal == "soft_ss" and "soft_ss" in reading:
+        return abs(reading["soft_ss"] - 50.0) <= cfg.z * reading["soft_ss_se"]
+    return True
 
 
 def update_swaps(swap: SwapState, states: dict[str, str], cfg: ControlConfig) -> list[str]:
@@ -140,7 +178,7 @@ class ControlCallback(TrainerCallback):
         was_training = model.training
         model.eval()
         with torch.no_grad():
-            reading = control_reading(model, self.tokenizer, self.examples, self.scoring)
+            reading = control_reading(model, self.tokenizer, self.examples, self.scoring, self.cfg.tau)
         if was_training:
             model.train()
         states = {t: type_state(r, self.cfg) for t, r in reading["types"].items()}
@@ -149,16 +187,16 @@ class ControlCallback(TrainerCallback):
                "resting": dict(self.swap.resting), "changed": changed,
                "seconds": round(time.time() - t0, 2)}
         self.history.append(rec)
-        log.info("control step %d: ICAT %.2f SS %.2f LMS %.2f | %s%s", step, reading["ICAT"], reading["SS"],
-                 reading["LMS"],
-                 ", ".join(f"{t} SS {r['SS']:.1f} gap {r['gap']:+.3f}±{r['gap_se']:.3f} {states[t]}"
+        log.info("control step %d: ICAT %.2f SS %.2f soft %.2f±%.2f LMS %.2f | %s%s", step, reading["ICAT"],
+                 reading["SS"], reading["soft_ss"], reading["soft_ss_se"], reading["LMS"],
+                 ", ".join(f"{t} SS {r['SS']:.1f} soft {r['soft_ss']:.1f}±{r['soft_ss_se']:.1f} {states[t]}"
                            for t, r in reading["types"].items()),
                  f" | swapped: {', '.join(changed)}" if changed else "")
         if self.best is None or reading["ICAT"] > self.best["ICAT"]:
             self.best = {"step": step, "ICAT": reading["ICAT"], "SS": reading["SS"], "LMS": reading["LMS"]}
             if self.cfg.keep_best:
                 self.best_weights = _lora_state(model)
-        if self.cfg.early_stop and step > 0 and all(s == "balanced" for s in states.values()):
+        if self.cfg.early_stop and step > 0 and should_stop(reading, states, self.cfg):
             log.info("control step %d: every bias type is balanced; stopping", step)
             rec["stop"] = True
             trainer_control.should_training_stop = True

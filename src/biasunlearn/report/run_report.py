@@ -87,7 +87,8 @@ def plot_control(history: list[dict[str, Any]], path: Path) -> None:
     for t in BIAS_TYPES:
         if all(t in h["types"] for h in history):
             axes[0].plot(steps, [h["types"][t]["SS"] for h in history], marker=".", label=t)
-            axes[1].plot(steps, [h["types"][t]["gap"] for h in history], marker=".", label=t)
+            key = "soft_ss" if "soft_ss" in history[0]["types"][t] else "gap"
+            axes[1].plot(steps, [h["types"][t][key] for h in history], marker=".", label=t)
     for h in history:
         for t in h.get("changed", []):
             state = "swap" if h["swapped"].get(t) else "unswap"
@@ -95,8 +96,9 @@ def plot_control(history: list[dict[str, Any]], path: Path) -> None:
             axes[0].annotate(f"{state} {t}", (h["step"], 50), fontsize=6, rotation=90, va="bottom")
     axes[0].axhline(50, color="k", lw=1, ls="--")
     axes[0].set_title("control SS per type (dotted: swaps)")
-    axes[1].axhline(0, color="k", lw=1, ls="--")
-    axes[1].set_title("control log-prob gap (stereo - anti)")
+    soft = bool(history) and "soft_ss" in next(iter(history[0]["types"].values()), {})
+    axes[1].axhline(50 if soft else 0, color="k", lw=1, ls="--")
+    axes[1].set_title("control soft SS per type" if soft else "control log-prob gap (stereo - anti)")
     for ax in axes:
         ax.set_xlabel("step")
         ax.legend(fontsize=7)
