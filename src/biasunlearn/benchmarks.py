@@ -53,6 +53,7 @@ class EvalContext:
     seed: int = 0
     control_per_type: int = 150
     control_by: str = "target"
+    bbq_mode: str = "likelihood"
     score_fn: Callable[..., SequenceLogProbs] = _plain_scores
 
 
@@ -167,24 +168,38 @@ def bbq_requests(examples: list[BBQExample]) -> list[Request]:
 def run_bbq(model, tokenizer, ctx: EvalContext) -> BenchmarkResult:
     """Every category present under ``bbq/data``; ``ctx.limit`` is per category, ``ctx.split`` is unused.
 
-    The chosen answer is the one with the highest score under ``ctx.scoring.score_method``; ties go to the
-    lowest index (:func:`biasunlearn.metrics.bbq.choose_answer`). Metrics: :func:`bbq_results`.
+    ``ctx.bbq_mode="likelihood"``: the chosen answer is the one with the highest score under
+    ``ctx.scoring.score_method``; ties go to the lowest index (:func:`biasunlearn.metrics.bbq.choose_answer`).
+    ``"generate"``: the answer a chat model writes through its chat template
+    (:mod:`biasunlearn.bbq_generate`). Metrics: :func:`bbq_results`.
     """
     categories = bbq_categories(ctx.data_dir)
     examples = limit_per(load_bbq(ctx.data_dir, categories), lambda e: e.category, ctx.limit)
-    log.info("BBQ: %d examples in %d categories (%d answers)", len(examples), len(categories), 3 * len(examples))
-    s = ctx.score_fn(model, tokenizer, bbq_requests(examples), ctx.scoring, "BBQ").scores(
-        ctx.scoring.score_method)
     rows, choices = [], {}
-    for i, ex in enumerate(examples):
-        scores = [float(x) for x in s[3 * i : 3 * i + 3]]
-        choices[ex.category, ex.example_id] = choice = choose_answer(scores)
-        rows.append({"category": ex.category, "example_id": ex.example_id, "scores": scores, "choice": choice})
+    if ctx.bbq_mode == "generate":
+        from biasunlearn.bbq_generate import generate_choices
+
+        log.info("BBQ (generation): %d examples in %d categories", len(examples), len(categories))
+        for ex, (choice, reply) in zip(examples, generate_choices(model, tokenizer, examples,
+                                                                   progress=ctx.scoring.progress), strict=True):
+            choices[ex.category, ex.example_id] = choice
+            rows.append({"category": ex.category, "example_id": ex.example_id, "reply": reply, "choice": choice})
+        prompt = "chat template: context, question, options A-C; reply parsed for the letter"
+    else:
+        log.info("BBQ: %d examples in %d categories (%d answers)", len(examples), len(categories),
+                 3 * len(examples))
+        s = ctx.score_fn(model, tokenizer, bbq_requests(examples), ctx.scoring, "BBQ").scores(
+            ctx.scoring.score_method)
+        for i, ex in enumerate(examples):
+            scores = [float(x) for x in s[3 * i : 3 * i + 3]]
+            choices[ex.category, ex.example_id] = choice = choose_answer(scores)
+            rows.append({"category": ex.category, "example_id": ex.example_id, "scores": scores, "choice": choice})
+        prompt = "{context} {question} Answer: {answer}"
     files = [f"bbq/data/{c}.jsonl" for c in categories] + [BBQ_METADATA]
     return BenchmarkResult(
         metrics=bbq_results(examples, choices),
         data_files=dataset_checksums(ctx.data_dir, files),
         n_items=len(examples),
         predictions={"examples": rows},
-        extra={"prompt": "{context} {question} Answer: {answer}"},
+        extra={"mode": ctx.bbq_mode, "prompt": prompt},
     )

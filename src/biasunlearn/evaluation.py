@@ -44,6 +44,7 @@ class EvalConfig:
         seed: seed of the control/train split.
         control_per_type: control examples per bias type held out of train.
         control_by: hold the control split out by ``target`` (whole StereoSet targets) or ``example``.
+        bbq_mode: BBQ answers by ``likelihood`` of each option or by ``generate`` (chat template, reply parsed).
         dtype: model weights dtype (float32, bfloat16, float16, auto).
         device: cpu, cuda, cuda:N or auto.
         cache_dir: where built-in and GGUF models are converted (default: $BIASUNLEARN_CACHE/models).
@@ -62,6 +63,7 @@ class EvalConfig:
     seed: int = 0
     control_per_type: int = 150
     control_by: str = "target"
+    bbq_mode: str = "likelihood"
     dtype: str = "float32"
     device: str = "cpu"
     cache_dir: str = ""
@@ -74,6 +76,8 @@ class EvalConfig:
         if self.limit < 0:
             raise ConfigError(f"--limit must be >= 0, got {self.limit}")
         BENCHMARKS.parse_list(self.benchmarks)
+        if self.bbq_mode not in ("likelihood", "generate"):
+            raise ConfigError(f"--bbq-mode: expected likelihood or generate, got {self.bbq_mode!r}")
         if self.method:
             from biasunlearn.baselines import DECODING_BASELINES
 
@@ -137,7 +141,7 @@ def evaluate(
         raise ConfigError("evaluate(model=...) needs the matching tokenizer=")
     load_s = time.time() - t0
     ctx = EvalContext(data_dir=data_dir, scoring=cfg.scoring, split=cfg.split, limit=cfg.limit, seed=cfg.seed,
-                      control_per_type=cfg.control_per_type, control_by=cfg.control_by)
+                      control_per_type=cfg.control_per_type, control_by=cfg.control_by, bbq_mode=cfg.bbq_mode)
     if cfg.method:
         from biasunlearn.baselines import DECODING_BASELINES
 
