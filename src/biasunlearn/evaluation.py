@@ -34,6 +34,8 @@ class EvalConfig:
     Attributes:
         model: built-in alias, hub id, local checkpoint folder or .gguf file.
         adapter: folder of a peft (LoRA) adapter to apply to the model; empty for none.
+        merge_adapter: merge the adapter's LoRA weights into the model before scoring (faster; the same
+            scores up to float rounding).
         method: decoding-time debiasing applied while scoring (self_debias, cafie); empty for none.
             Trained methods are evaluated through their adapter (--adapter).
         benchmarks: comma-separated benchmark names (stereoset, crows_pairs, bbq: --limit per category, no --split).
@@ -54,6 +56,7 @@ class EvalConfig:
 
     model: str = DEFAULT_MODEL
     adapter: str = ""
+    merge_adapter: bool = True
     method: str = ""
     benchmarks: str = "stereoset,crows_pairs"
     split: str = "report"
@@ -137,6 +140,8 @@ def evaluate(
         )
         if cfg.adapter:
             model = apply_adapter(model, cfg.adapter)
+            if cfg.merge_adapter:
+                model = model.merge_and_unload().eval()
     elif tokenizer is None:
         raise ConfigError("evaluate(model=...) needs the matching tokenizer=")
     load_s = time.time() - t0

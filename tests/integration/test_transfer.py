@@ -128,3 +128,14 @@ def test_transfer_command_refuses_and_writes_nothing(adapter_dir, tmp_path, caps
     err = capsys.readouterr().err
     assert "cannot transfer" in err and "tensor shapes" in err
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_eval_with_merged_adapter_matches_unmerged(adapter_dir, tiny_model_dir, fixture_data_dir):
+    from biasunlearn.evaluation import evaluate
+
+    plain = evaluate(model=str(tiny_model_dir), benchmarks="stereoset", data_dir=str(fixture_data_dir))
+    runs = [evaluate(model=str(tiny_model_dir), adapter=str(adapter_dir), merge_adapter=m, benchmarks="stereoset",
+                     data_dir=str(fixture_data_dir)) for m in (False, True)]
+    a, b = (r["benchmarks"]["stereoset"]["metrics"]["both"]["overall"] for r in runs)
+    assert a == pytest.approx(b, abs=1e-6)
+    assert a != plain["benchmarks"]["stereoset"]["metrics"]["both"]["overall"]  # the adapter does something
