@@ -45,6 +45,39 @@ def crows_table(before: dict[str, Any], after: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def target_checks(before: dict[str, Any], after: dict[str, Any], ss_tol: float = 2.0, domain_tol: float = 4.0,
+                  lms_tol: float = 2.0, crows_types: tuple[str, ...] = ("gender", "race-color", "religion"),
+                  ) -> list[dict[str, Any]]:
+    """The paper-level targets of a debiasing run, checked on the report split: overall SS within ``ss_tol``
+    of 50, every domain within ``domain_tol``, |ΔLMS| at most ``lms_tol``, ICAT up, and CrowS-Pairs closer
+    to 50 for ``crows_types``. One ``{"check", "value", "ok"}`` per target."""
+    b = before["benchmarks"]["stereoset"]["metrics"]["both"]
+    a = after["benchmarks"]["stereoset"]["metrics"]["both"]
+    out = [{"check": f"overall SS within 50 ± {ss_tol:g}", "value": f"{a['overall']['SS']:.2f}",
+            "ok": abs(a["overall"]["SS"] - 50) <= ss_tol}]
+    for dom in BIAS_TYPES:
+        if dom in a:
+            out.append({"check": f"{dom} SS within 50 ± {domain_tol:g}", "value": f"{a[dom]['SS']:.2f}",
+                        "ok": abs(a[dom]["SS"] - 50) <= domain_tol})
+    dl = a["overall"]["LMS"] - b["overall"]["LMS"]
+    out.append({"check": f"|ΔLMS| ≤ {lms_tol:g}", "value": f"{dl:+.2f}", "ok": abs(dl) <= lms_tol})
+    out.append({"check": "ICAT higher than before", "value": f"{b['overall']['ICAT']:.2f} → {a['overall']['ICAT']:.2f}",
+                "ok": a["overall"]["ICAT"] > b["overall"]["ICAT"]})
+    if "crows_pairs" in before["benchmarks"] and "crows_pairs" in after["benchmarks"]:
+        cb, ca = before["benchmarks"]["crows_pairs"]["metrics"], after["benchmarks"]["crows_pairs"]["metrics"]
+        for t in crows_types:
+            if t in cb and t in ca:
+                out.append({"check": f"CrowS-Pairs {t} closer to 50", "value": f"{cb[t]['SS']:.2f} → {ca[t]['SS']:.2f}",
+                            "ok": abs(ca[t]["SS"] - 50) < abs(cb[t]["SS"] - 50)})
+    return out
+
+
+def checks_table(checks: list[dict[str, Any]]) -> str:
+    rows = ["| target | measured | met |", "|---|---:|:---:|"]
+    rows += [f"| {c['check']} | {c['value']} | {'yes' if c['ok'] else 'no'} |" for c in checks]
+    return "\n".join(rows)
+
+
 def plot_ss_per_domain(before: dict[str, Any], after: dict[str, Any], path: Path) -> None:
     plt = _plt()
     b = before["benchmarks"]["stereoset"]["metrics"]["both"]
@@ -124,6 +157,10 @@ def write_run_report(out: Path, before: dict[str, Any], after: dict[str, Any], p
         f"Method `{provenance['method']}`, {provenance['steps']} steps in {provenance['train_seconds']} s; "
         f"adapter kept from step {sel.get('step')}"
         + (f" (control ICAT {sel['ICAT']:.2f})." if "ICAT" in sel else "."),
+        "",
+        "## Targets (report split)",
+        "",
+        checks_table(target_checks(before, after)),
         "",
         "## StereoSet, report split (dev.json), both tasks",
         "",

@@ -1,0 +1,32 @@
+"""The report's target checks, on hand-made before/after results."""
+
+from __future__ import annotations
+
+from biasunlearn.report.run_report import checks_table, crows_table, stereoset_table, target_checks
+
+
+def _res(ss: dict[str, float], lms: float, crows: dict[str, float]) -> dict:
+    both = {d: {"SS": v, "LMS": lms, "ICAT": lms * min(v, 100 - v) / 50, "Count": 10} for d, v in ss.items()}
+    return {"benchmarks": {"stereoset": {"metrics": {"both": both}},
+                           "crows_pairs": {"metrics": {k: {"Count": 10, "SS": v} for k, v in crows.items()}}}}
+
+
+def test_target_checks_by_hand():
+    before = _res({"gender": 61.0, "race": 57.0, "overall": 58.0}, 82.0,
+                  {"gender": 49.24, "race-color": 55.2, "religion": 51.4})
+    after = _res({"gender": 54.5, "race": 49.0, "overall": 51.9}, 80.5,
+                 {"gender": 49.62, "race-color": 53.0, "religion": 48.0})
+    checks = {c["check"]: c for c in target_checks(before, after)}
+    assert checks["overall SS within 50 ± 2"]["ok"]  # 51.9
+    assert not checks["gender SS within 50 ± 4"]["ok"]  # 54.5
+    assert checks["race SS within 50 ± 4"]["ok"]
+    assert checks["|ΔLMS| ≤ 2"]["ok"] and checks["|ΔLMS| ≤ 2"]["value"] == "-1.50"
+    # ICAT: 82·42/50 = 68.88 -> 80.5·48.1/50 = 77.44
+    assert checks["ICAT higher than before"]["ok"] and checks["ICAT higher than before"]["value"] == "68.88 → 77.44"
+    assert checks["CrowS-Pairs gender closer to 50"]["ok"]  # 0.76 -> 0.38
+    assert checks["CrowS-Pairs race-color closer to 50"]["ok"]
+    assert not checks["CrowS-Pairs religion closer to 50"]["ok"]  # 1.4 -> 2.0
+    table = checks_table(list(checks.values()))
+    assert "| gender SS within 50 ± 4 | 54.50 | no |" in table
+    assert "| overall | 58.00 | 51.90 |" in stereoset_table(before, after)
+    assert "| religion | 10 | 51.40 | 48.00 | no |" in crows_table(before, after)
