@@ -1,7 +1,9 @@
-"""CAFIE-style counterfactual decoding: word lists and swapping, the pure mixing function, the scorer
+"""CAFIE counterfactual decoding: word lists and swapping, the pure mixing function, the scorer
 and the generation processor, on the tiny random Llama with the byte-level tokenizer."""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pytest
@@ -119,36 +121,126 @@ def test_wordlist_file_format(tmp_path):
 # --------------------------------------------------------------------------------------------------
 
 
+def test_defaults_are_the_authors_stereoset_settings(mt):
+    # cafie_stereoset.py / utils/stereoset_scoring.py: lmbda=1000, alpha_ratio=0.99, softmax_temperature=1,
+    # and the unnormalised p_final.
+    assert (cafie_mod.DEFAULT_LAMBDA, cafie_mod.DEFAULT_ALPHA, cafie_mod.DEFAULT_TEMPERATURE) == (1000, 0.99, 1)
+    assert cafie_mod.REFERENCE_LAMBDAS == {"stereoset": 1000, "crows_pairs": 500, "generation": 100}
+    model, tok = mt
+    assert CAFIE(model, tok).hparams == {"lam": 1000, "alpha": 0.99, "temperature": 1, "normalize": False}
+    proc = CAFIE(model, tok).logits_processor()
+    assert (proc.lam, proc.alpha, proc.temperature, proc.normalize) == (1000, 0.99, 1, False)
+    assert CAFIE(model, tok, alpha=0.5).logits_processor(lam=100).lam == 100
+
+
 def test_hand_case_one_counterfactual():
-    # p_orig = (.6, .3, .1), p_cf = (.2, .5, .3): p_fair = (.4, .4, .2);
-    # w = .5: p = .5 p_orig + .5 p_fair = (.5, .35, .15); w = 1: p_fair.
+    # p_0 = (.6, .3, .1), p_1 = (.2, .5, .3): S = p_0 - p_1 = (.4, -.2, -.2). One counterfactual: w_1 = 1.
+    # lambda = ln(3) / .4 = 2.5 ln 3, so lambda * .4 = ln 3 and lambda * .2 = ln(3) / 2:
+    #   tanh(ln 3) = (9 - 1) / (9 + 1) = .8,  tanh(ln(3) / 2) = (3 - 1) / (3 + 1) = .5
+    #   W = 1 + tanh(-lambda S) = (1 - .8, 1 + .5, 1 + .5) = (.2, 1.5, 1.5)
+    #   p_fair = W * p_0 = (.12, .45, .15)                      (sum .72: not renormalised)
+    # alpha = .99: .99 (.12, .45, .15) + .01 (.6, .3, .1) = (.1248, .4485, .1495)
+    # alpha = .5:  .5 (.12, .45, .15) + .5 (.6, .3, .1) = (.36, .375, .125); normalised: / .86
     orig, cf = _logits(0.6, 0.3, 0.1), _logits(0.2, 0.5, 0.3)
-    np.testing.assert_allclose(cafie_logprobs(orig, [cf]).exp().numpy(), [0.5, 0.35, 0.15], atol=1e-12)
-    np.testing.assert_allclose(cafie_logprobs(orig, [cf], weight=1.0).exp().numpy(), [0.4, 0.4, 0.2], atol=1e-12)
-    np.testing.assert_allclose(cafie_logprobs(orig, [cf], weight=0.0).exp().numpy(), [0.6, 0.3, 0.1], atol=1e-12)
+    lam = 2.5 * math.log(3)
+
+    def p(**kw):
+        return cafie_logprobs(orig, [cf], lam=lam, **kw).exp().numpy()
+
+    np.testing.assert_allclose(p(), [0.1248, 0.4485, 0.1495], atol=1e-12)
+    np.testing.assert_allclose(p(alpha=0.5), [0.36, 0.375, 0.125], atol=1e-12)
+    np.testing.assert_allclose(p(alpha=0.5, normalize=True), np.array([0.36, 0.375, 0.125]) / 0.86, atol=1e-12)
+    np.testing.assert_allclose(p(alpha=1.0), [0.12, 0.45, 0.15], atol=1e-12)
+    np.testing.assert_allclose(p(alpha=0.0), [0.6, 0.3, 0.1], atol=1e-12)
+    # lambda = 0: W = 1, so p_fair = p_0 and nothing changes.
+    np.testing.assert_allclose(cafie_logprobs(orig, [cf], lam=0.0).exp().numpy(), [0.6, 0.3, 0.1], atol=1e-12)
 
 
-def test_hand_case_two_counterfactuals_and_masks():
-    # p_orig = (.7, .1, .1, .1), cf1 = (.1, .7, .1, .1), cf2 = (.1, .1, .7, .1):
-    # p_fair = (.3, .3, .3, .1); w = .25: .75 p_orig + .25 p_fair = (.6, .15, .15, .1).
-    orig = _logits(0.7, 0.1, 0.1, 0.1)
-    cf1, cf2 = _logits(0.1, 0.7, 0.1, 0.1), _logits(0.1, 0.1, 0.7, 0.1)
-    np.testing.assert_allclose(cafie_logprobs(orig, [cf1, cf2], weight=0.25).exp().numpy(),
-                               [0.6, 0.15, 0.15, 0.1], atol=1e-12)
-    # Three rows: both counterfactuals; only cf1 (p_fair = (.4, .4, .1, .1), p = (.625, .175, .1, .1));
-    # none (p_orig exactly).
+def test_hand_case_two_counterfactuals_weighted_by_norm_and_masks():
+    # Two tokens, p_0 = (.85, .15). With d_1 = ln(3) / sqrt 2 and d_2 = ln(2) / sqrt 2:
+    #   p_1 = (.85 - d_1, .15 + d_1): S_1 = (d_1, -d_1), ||S_1|| = sqrt 2 d_1 = ln 3, exp(||S_1||) = 3
+    #   p_2 = (.85 - d_2, .15 + d_2): S_2 = (d_2, -d_2), ||S_2|| = ln 2,            exp(||S_2||) = 2
+    #   w = (3, 2) / 5 = (.6, .4)
+    # lambda = sqrt 2, so lambda d_1 = ln 3 (tanh .8) and lambda d_2 = ln 2 (tanh (4 - 1) / (4 + 1) = .6):
+    #   W_1 = (1 - .8, 1 + .8) = (.2, 1.8),  W_2 = (1 - .6, 1 + .6) = (.4, 1.6)
+    #   w_1 W_1 + w_2 W_2 = (.12 + .16, 1.08 + .64) = (.28, 1.72)
+    #   p_fair = (.85 * .28, .15 * 1.72) = (.238, .258)
+    #   alpha = .99: (.99 * .238 + .01 * .85, .99 * .258 + .01 * .15) = (.24412, .25692)
+    d1, d2 = math.log(3) / math.sqrt(2), math.log(2) / math.sqrt(2)
+    orig, cf1, cf2 = _logits(0.85, 0.15), _logits(0.85 - d1, 0.15 + d1), _logits(0.85 - d2, 0.15 + d2)
+    lam = math.sqrt(2)
+    np.testing.assert_allclose(cafie_logprobs(orig, [cf1, cf2], lam=lam).exp().numpy(), [0.24412, 0.25692],
+                               atol=1e-12)
+    # Order does not matter.
+    np.testing.assert_allclose(cafie_logprobs(orig, [cf2, cf1], lam=lam).exp().numpy(), [0.24412, 0.25692],
+                               atol=1e-12)
+    # Three rows: both counterfactuals; only cf1 (w_1 = 1: p_fair = (.85 * .2, .15 * 1.8) = (.17, .27),
+    # p = (.99 * .17 + .0085, .99 * .27 + .0015) = (.1768, .2688)); none (p_0 exactly).
     o, c1, c2 = (torch.stack([x] * 3) for x in (orig, cf1, cf2))
     masks = [torch.tensor([True, True, False]), torch.tensor([True, False, False])]
-    got = cafie_logprobs(o, [c1, c2], weight=0.25, cf_masks=masks)
-    np.testing.assert_allclose(got.exp().numpy(), [[0.6, 0.15, 0.15, 0.1], [0.625, 0.175, 0.1, 0.1],
-                                                   [0.7, 0.1, 0.1, 0.1]], atol=1e-12)
+    got = cafie_logprobs(o, [c1, c2], lam=lam, cf_masks=masks)
+    np.testing.assert_allclose(got.exp().numpy(), [[0.24412, 0.25692], [0.1768, 0.2688], [0.85, 0.15]], atol=1e-12)
     assert torch.equal(got[2], torch.log_softmax(orig, -1))
 
 
-def test_bad_weight_and_shapes():
+def _linear_space_reference(orig, cfs, masks, lam, alpha, temperature):
+    """The equations written out directly in probability space (numpy), one row at a time."""
+    def softmax(z):
+        e = np.exp(z / temperature - np.max(z / temperature))
+        return e / e.sum()
+
+    out = []
+    for r in range(orig.shape[0]):
+        p0 = softmax(orig[r])
+        ks = [k for k in range(len(cfs)) if masks[k][r]]
+        if not ks:
+            out.append(p0)
+            continue
+        s = [p0 - softmax(cfs[k][r]) for k in ks]
+        d = np.array([np.exp(np.linalg.norm(x)) for x in s])
+        fair = sum(dk / d.sum() * (1.0 + np.tanh(-lam * x)) * p0 for dk, x in zip(d, s, strict=True))
+        out.append(alpha * fair + (1.0 - alpha) * p0)
+    return np.array(out)
+
+
+@pytest.mark.parametrize(("lam", "alpha", "temperature"), [(1000.0, 0.99, 1.0), (50.0, 0.7, 1.0), (3.0, 0.99, 2.0)])
+def test_matches_the_equations_in_probability_space(lam, alpha, temperature):
+    gen = torch.Generator().manual_seed(0)
+    orig = torch.randn(5, 11, generator=gen, dtype=torch.float64)
+    cfs = [orig + 0.7 * torch.randn(5, 11, generator=gen, dtype=torch.float64) for _ in range(3)]
+    masks = [torch.tensor(m) for m in ([1, 1, 0, 1, 0], [1, 0, 0, 1, 0], [1, 1, 0, 0, 0])]
+    masks = [m.bool() for m in masks]
+    got = cafie_logprobs(orig, cfs, lam=lam, alpha=alpha, temperature=temperature, cf_masks=masks).exp().numpy()
+    ref = _linear_space_reference(orig.numpy(), [c.numpy() for c in cfs], [m.numpy() for m in masks],
+                                  lam, alpha, temperature)
+    np.testing.assert_allclose(got, ref, rtol=1e-10, atol=1e-14)
+    assert abs(got[0].sum() - 1.0) > 1e-6  # not renormalised
+    norm = cafie_logprobs(orig, cfs, lam=lam, alpha=alpha, temperature=temperature, cf_masks=masks,
+                          normalize=True).exp().numpy()
+    np.testing.assert_allclose(norm, ref / ref.sum(-1, keepdims=True), rtol=1e-10, atol=1e-14)
+
+
+def test_large_lambda_stays_finite_in_log_space():
+    # p_0 = (.9, .1), p_1 = (.1, .9), lambda = 1000, alpha = 1: S = (.8, -.8).
+    # W_0 = 1 + tanh(-800) = 2 sigmoid(-1600) ~ 2 e^-1600 (0 in floating point), W_1 = 1 + tanh(800) ~ 2:
+    # log p = (ln .9 + ln 2 - 1600, ln .2).
+    got = cafie_logprobs(_logits(0.9, 0.1), [_logits(0.1, 0.9)], alpha=1.0)
+    np.testing.assert_allclose(got.numpy(), [math.log(0.9) + math.log(2) - 1600, math.log(0.2)], rtol=1e-12)
+
+
+def test_temperature_divides_every_logit():
+    orig, cf = _logits(0.6, 0.3, 0.1), _logits(0.2, 0.5, 0.3)
+    np.testing.assert_allclose(cafie_logprobs(3 * orig, [3 * cf], lam=5.0, temperature=3.0).numpy(),
+                               cafie_logprobs(orig, [cf], lam=5.0).numpy(), atol=1e-12)
+
+
+def test_bad_hyperparameters_and_shapes(mt):
     x = torch.zeros(3)
-    with pytest.raises(ConfigError):
-        cafie_logprobs(x, [x], weight=1.5)
+    for kw in ({"alpha": 1.5}, {"alpha": -0.1}, {"lam": -1.0}, {"lam": math.inf}, {"temperature": 0.0}):
+        with pytest.raises(ConfigError):
+            cafie_logprobs(x, [x], **kw)
+        with pytest.raises(ConfigError):
+            CAFIE(*mt, **kw)
     with pytest.raises(ValueError, match="shape"):
         cafie_logprobs(x, [torch.zeros(4)])
     with pytest.raises(ValueError, match="masks"):
@@ -171,7 +263,7 @@ NO_GROUP = [
 def test_texts_without_group_words_score_like_plain(mt, batch_size, max_batch_tokens):
     model, tok = mt
     ref = sequence_logprobs_one_by_one(model, tok, NO_GROUP)
-    got = CAFIE(model, tok, weight=1.0).sequence_logprobs(
+    got = CAFIE(model, tok, alpha=1.0).sequence_logprobs(
         NO_GROUP, _cfg(batch_size=batch_size, max_batch_tokens=max_batch_tokens))
     np.testing.assert_array_equal(got.n_tokens, ref.n_tokens)
     np.testing.assert_allclose(got.sum_logprob, ref.sum_logprob, rtol=0, atol=TOL)
@@ -200,7 +292,7 @@ def _reference_cafie(model, tok, scorer: CAFIE, req: Request) -> float:
             orig = model(torch.tensor([ids[:j]])).logits[0, -1]
             cfs = [model(torch.tensor([[start, *tok.encode(s, add_special_tokens=False)]])).logits[0, -1]
                    for s in cf_ctxs]
-            total += float(cafie_logprobs(orig, cfs, scorer.weight)[ids[j]])
+            total += float(cafie_logprobs(orig, cfs, **scorer.hparams)[ids[j]])
     return total
 
 
@@ -211,9 +303,10 @@ WITH_GROUPS = [
 ]
 
 
-def test_scores_equal_the_per_token_reference(mt):
+@pytest.mark.parametrize("kw", [{}, {"lam": 300.0, "alpha": 0.7, "normalize": True}])
+def test_scores_equal_the_per_token_reference(mt, kw):
     model, tok = mt
-    scorer = CAFIE(model, tok, weight=0.7)
+    scorer = CAFIE(model, tok, **kw)
     got = scorer.sequence_logprobs(WITH_GROUPS, _cfg(batch_size=4, max_batch_tokens=64))
     ref = np.array([_reference_cafie(model, tok, scorer, r) for r in WITH_GROUPS])
     np.testing.assert_allclose(got.sum_logprob, ref, rtol=0, atol=TOL)
@@ -270,7 +363,7 @@ def _greedy(model, ids, processors=None, n=4):
 
 def test_processor_step_equals_manual_computation(mt):
     model, tok = mt
-    proc = CAFIE(model, tok, weight=0.8).logits_processor()
+    proc = CAFIE(model, tok, lam=200.0, alpha=0.8).logits_processor()
     assert isinstance(proc, CAFIELogitsProcessor)
     # Batch of two left-padded rows: one with a group word at its end, one without.
     a, b = _prompt(tok, "Then he"), _prompt(tok, "Then")
@@ -279,7 +372,7 @@ def test_processor_step_equals_manual_computation(mt):
         scores = torch.cat([model(a).logits[:, -1], model(b).logits[:, -1]])
         cf = model(_prompt(tok, "Then she")).logits[:, -1]
     got = proc(batch, scores.clone())
-    assert torch.allclose(got[0], cafie_logprobs(scores[0], [cf[0]], 0.8), atol=1e-5)
+    assert torch.allclose(got[0], cafie_logprobs(scores[0], [cf[0]], lam=200.0, alpha=0.8), atol=1e-5)
     assert torch.allclose(got[1], torch.log_softmax(scores[1], -1), atol=1e-6)  # no group word
     assert not torch.allclose(got[0], torch.log_softmax(scores[0], -1), atol=1e-4)
 
@@ -288,8 +381,8 @@ def test_generation(mt):
     model, tok = mt
     ids = _prompt(tok, "The man")
     plain = _greedy(model, ids)
-    assert _greedy(model, ids, [CAFIE(model, tok, weight=0.0).logits_processor()]) == plain
-    proc = CAFIE(model, tok, weight=1.0).logits_processor()
+    assert _greedy(model, ids, [CAFIE(model, tok, alpha=0.0).logits_processor()]) == plain
+    proc = CAFIE(model, tok).logits_processor()
     # Walk the plain greedy continuation; at the first step where the formula changes the greedy token,
     # generation with the processor must follow plain greedy up to there and then differ.
     seq, step = ids, None

@@ -12,8 +12,9 @@ Registered in :data:`DECODING_BASELINES`:
 
 * ``self_debias``: :class:`~biasunlearn.baselines.self_debias.SelfDebias` (Schick et al. 2021, with the
   bias prefixes of Meade et al. 2022);
-* ``cafie``: :class:`~biasunlearn.baselines.cafie.CAFIE`, a simplified form of Banerjee et al. 2024
-  built on the counterfactual word lists in ``wordlists/`` (format in :mod:`biasunlearn.baselines.cafie`:
+* ``cafie``: :class:`~biasunlearn.baselines.cafie.CAFIE` (Banerjee et al. 2024: the combination of the
+  authors' code, tanh weights per token and norm weights per counterfactual, λ = 1000, α = 0.99), built
+  on the counterfactual word lists in ``wordlists/`` (format in :mod:`biasunlearn.baselines.cafie`:
   one group of counterpart words per line, separated by ``" | "``, e.g. ``he | she``).
 """
 

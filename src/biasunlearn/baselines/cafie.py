@@ -1,29 +1,76 @@
-"""CAFIE-style counterfactually aware decoding (after Banerjee et al. 2024, "All Should Be Equal in the
-Eyes of LMs: Counterfactually Aware Fair Text Generation", AAAI).
+"""CAFIE, Counterfactually Aware Fair InferencE (Banerjee et al. 2024, "All Should Be Equal in the Eyes of
+LMs: Counterfactually Aware Fair Text Generation", AAAI 38(16):17673-17681), at decoding/scoring time.
 
-Idea of the paper: the next-token distribution should not depend on which social group the context
-mentions. For a context that mentions a group, counterfactual contexts are built by swapping its group
-words for the counterparts of the other groups ("He is a" -> "She is a"); the model's next-token
-distributions under the original and the counterfactual contexts are *equalised* and the result is
-used for the next token.
+Idea: the next-token distribution for a context that mentions a social group should be aware of what the
+model would predict for the other groups. Counterfactual contexts swap the group words for their
+counterparts ("He is a" -> "She is a"); tokens the original context favours over a counterfactual are
+pushed down, tokens it disfavours are pushed up.
 
-What is implemented here, exactly (a simplified form, not the official code). At each position:
+The equations (per scored position, elementwise over the vocabulary ``V`` unless a norm is taken):
 
-    p_orig   = softmax(logits | original context)
-    p_k      = softmax(logits | counterfactual context k),   k = 1..K (distinct, != original)
-    p_fair   = (p_orig + p_1 + ... + p_K) / (K + 1)           (the equalising average)
-    p_final  = (1 - w) * p_orig + w * p_fair                  (w = ``weight``, 0.5 by default)
+    p_0     = softmax(z_0 / T)                         original context, logits z_0
+    p_k     = softmax(z_k / T),   k = 1..K             the K distinct counterfactual contexts
+    S_k     = p_0 - p_k                                ("scores": what the original adds over cf k)
+    W_k     = 1 + gamma * tanh(-lambda * S_k)          gamma = 1, so W_k lies in (0, 2)
+    w_k     = exp(||S_k||_2) / sum_j exp(||S_j||_2)    weight of cf k (norm over V)
+    p_fair  = sum_k w_k * W_k * p_0
+    p_final = alpha * p_fair + (1 - alpha) * p_0
 
-With ``K = 0`` (no group word in the context) ``p_final = p_orig``. ``w = 1`` is the plain average of
-the original and counterfactual distributions.
+With ``K = 0`` (no group word in the context) ``p_final = p_0``; ``lambda = 0`` or ``alpha = 0`` give
+``p_0`` too. ``p_final`` is **not renormalised** (its total lies in ``[1 - alpha, 1 + alpha]``), as in
+the reference scoring code, which reads these values off directly as the token probabilities of
+StereoSet/CrowS-Pairs sentences; its generation samples with ``torch.multinomial``, which normalises
+implicitly, and so does sampling from the scores the logits processor returns (greedy is unaffected).
+``normalize=True`` divides by the total instead. Computed in log space
+(``log(1 + tanh(-x)) = log 2 + logsigmoid(-2x)``): the same values, without ``W_k`` underflowing to 0
+at large ``lambda``.
 
-Where this may differ from the official implementation: the paper does not stop at the plain average.
-As far as we recall, its final distribution also weights the counterfactual correction per token (a
-similarity-based weight between the token and the sensitive attribute words, scaled through a
-sigmoid, under a strength hyperparameter ``lambda``) and uses its own counterfactual word lists; we
-could not check those details against the paper or the official code, so they are **not** implemented
-here. The fixed interpolation weight ``w`` stands in for them. The word lists in ``wordlists/`` are the
-project's own (gender pairs; race and religion triples after Liang et al. 2020 / Meade et al. 2022).
+Source. The paper's text could not be consulted here (only its abstract); the equations are read off
+the authors' reference implementation, github.com/banerjeepragyan/CAFIE: ``utils/cafie_model.py``
+(``ScoringAlgo``; the same "tanh" path is in ``biasbench/experiments/scoring.py`` and ``utils/scoring_old.py``):
+``calculate_scores_1`` (``S_k``), ``calculate_new_pdf`` (``W_k`` for ``scoring_function="tanh"`` with
+``gamma = 1``, the weights ``d_k = exp(vector_norm(S_k))``, ``p_fair = sum_k d_k / sum_j d_j * W_k * p_0``),
+``generate_probabilities`` (softmax with temperature ``T``) and ``generate_sentences`` (``p_final``, the
+alpha mix with ``softmax(logits / T)``). The README and ``generation.py`` describe ``alpha`` as
+"new probs = alpha*debiased_probs + (1-alpha)*vanilla_probs" and ``lambda`` as the strength (more
+debiasing, lower LM score).
+
+Defaults (the authors' settings): ``lam = 1000``, ``alpha = 0.99``, ``temperature = 1`` for StereoSet
+(``cafie_stereoset.py``, ``utils/stereoset_scoring.py``, scoring_function "tanh", threshold 0, ratio 0.5
+unused by "tanh"). Their other settings: CrowS-Pairs ``lam = 500`` (``utils/crows_scoring.py``), free-form
+generation ``lam = 100`` (``generation.py``, ``--lmd``); alpha 0.99 everywhere. See
+:data:`REFERENCE_LAMBDAS`.
+
+What still differs from the reference implementation, and why:
+
+* The weights ``w_k`` use the norm of ``S_k`` at the position being scored. The reference takes the norm
+  of the whole ``[1, positions, V]`` tensor: for scoring, all positions of the sentence at once (including
+  the ones after the scored token); for generation, all positions so far. A per-position norm keeps each
+  token's distribution a function of its own context (scoring stays causal and batchable, and the
+  logits processor needs nothing but the current step).
+* The reference replaces the second counterfactual's outputs by the first's
+  (``outputs_w3_trimmed = outputs_w2_trimmed``), so in effect it uses one counterfactual (``K = 1``,
+  ``p_fair = W_1 * p_0``). Here every distinct counterfactual counts (``K = 1`` for gender; up to two per
+  race/religion list, more when several lists match), as the weighted sum intends.
+* Counterfactual contexts and word lists: the reference splits the text on whitespace, matches words
+  case-sensitively against three aligned lists (``data/word_lists/list_{1,2,3}.txt``, mixing nationality,
+  religion, gender and profession words) and builds two counterfactual sentences covering every attribute
+  at once (one with list 1 <-> list 2 and list 3 -> list 1, one with lists 1 and 2 -> list 3 and
+  list 3 -> list 2). Here the project's own lists are used, one attribute
+  and one group (column) at a time, with the whole-word, case-insensitive matching described below. For a
+  text that mentions one group of one attribute (the usual benchmark sentence) both give the versions for
+  the other groups.
+* Positions: the reference tokenizes the whole counterfactual sentence and aligns its positions to the
+  original's (``find_reqd_indices``); here each position's counterfactual context is built from the text
+  (see below), which is the same thing wherever the alignment is exact. The reference scores the first
+  token plainly from ``p(. | <|endoftext|>)`` and the rest without a start token in the context; here the
+  project's scoring semantics apply (start token, then the text). The first token has no group word
+  before it, so it is plain in both.
+* Not implemented (no-ops at the defaults above): ``threshold`` (0), ``gamma`` (1), ``words_to_ignore``
+  (empty), the self-debiasing prefix (off), and the other scoring functions (``arctan``, ``weight``,
+  ``avg``, ``jpdf``). Not reproduced: the extra-context modes (StereoSet uses none, ``context_type='n'``;
+  ``utils/crows_scoring.py`` sets ``'ab'``, and ``biasbench/benchmark/crows/crows.py`` passes the sentence
+  itself as that context, so each CrowS-Pairs sentence is scored after a copy of itself).
 
 Word lists (``wordlists/<name>.txt``, or any file with the same format): UTF-8 text, one group of
 counterpart words per line, the words separated by ``" | "``, e.g. ``he | she`` or
@@ -35,12 +82,13 @@ fewer columns leaves its words unchanged for the missing ones. Entries may be se
 words (not inside a longer word: ``he`` is not found in ``the`` or ``hello``; ``he's`` and ``(he)``
 match), longer entries win over shorter ones, and a word listed on several lines maps by its first
 line. The replacement keeps the capitalisation of the replaced word: ``He`` -> ``She``,
-``HE`` -> ``SHE``, ``he`` -> ``she``.
+``HE`` -> ``SHE``, ``he`` -> ``she``. The lists are the project's own (gender pairs; race and religion
+triples after Liang et al. 2020 / Meade et al. 2022).
 
 Counterfactual contexts: for each word list and each column, the text with that list's group words
 swapped to the column (one attribute at a time; a text with gender and religion words gets gender and
 religion counterfactuals separately); counterfactuals identical to the original, or to each other,
-count once.
+count once (an identical one is not a counterfactual; it would only add a ``W = 1`` term).
 
 Scoring (:class:`CAFIE`): the text is known, so a group word counts as part of a position's context
 only once it is complete (it ends where the context ends or before); a partly seen word stays as it
@@ -72,7 +120,11 @@ from biasunlearn.scoring import Request, ScoringConfig, SequenceLogProbs, _token
 
 WORDLIST_DIR = Path(__file__).parent / "wordlists"
 DEFAULT_WORDLISTS = ("gender", "race", "religion")
-DEFAULT_WEIGHT = 0.5
+DEFAULT_LAMBDA = 1000.0
+DEFAULT_ALPHA = 0.99
+DEFAULT_TEMPERATURE = 1.0
+#: ``lambda`` of the authors' scripts (alpha = 0.99, temperature = 1 in all of them).
+REFERENCE_LAMBDAS = {"stereoset": 1000.0, "crows_pairs": 500.0, "generation": 100.0}
 
 
 def match_case(src: str, dst: str) -> str:
@@ -195,42 +247,69 @@ def counterfactual_texts(text: str, wordlists: Sequence[WordList]) -> list[str]:
     return out
 
 
+def check_hparams(lam: float, alpha: float, temperature: float) -> None:
+    """Raise :class:`ConfigError` unless ``lam >= 0``, ``0 <= alpha <= 1`` and ``temperature > 0`` (all finite)."""
+    if not (math.isfinite(lam) and lam >= 0):
+        raise ConfigError(f"CAFIE lambda must be finite and >= 0, got {lam}")
+    if not 0.0 <= alpha <= 1.0:
+        raise ConfigError(f"CAFIE alpha must be in [0, 1], got {alpha}")
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise ConfigError(f"CAFIE temperature must be finite and > 0, got {temperature}")
+
+
 def cafie_logprobs(
     orig_logits: torch.Tensor,
     cf_logits_list: Sequence[torch.Tensor],
-    weight: float = DEFAULT_WEIGHT,
+    *,
+    lam: float = DEFAULT_LAMBDA,
+    alpha: float = DEFAULT_ALPHA,
+    temperature: float = DEFAULT_TEMPERATURE,
+    normalize: bool = False,
     cf_masks: Sequence[torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """``log p_final`` (see the module docstring) from the original and counterfactual logits ``[..., V]``.
 
     ``cf_masks`` (optional, one bool tensor of shape ``[...]`` per counterfactual) says where each
-    counterfactual exists; where none does, the result is ``log_softmax(orig_logits)`` exactly.
-    Computed in float32 (float64 stays float64).
+    counterfactual exists; one that is absent takes no part in ``S``, ``W`` or the weights ``w``. Where none
+    exists the result is ``log_softmax(orig_logits / temperature)`` exactly. Without ``normalize`` the
+    result is the log of the unnormalised ``p_final``, as in the reference. Computed in float32 (float64
+    stays float64).
     """
-    if not 0.0 <= weight <= 1.0:
-        raise ConfigError(f"CAFIE weight must be in [0, 1], got {weight}")
+    check_hparams(lam, alpha, temperature)
     dtype = torch.float64 if orig_logits.dtype == torch.float64 else torch.float32
-    lpo = torch.log_softmax(orig_logits.to(dtype), dim=-1)
-    if not cf_logits_list or weight == 0.0:
-        return lpo
+    log_p0 = torch.log_softmax(orig_logits.to(dtype) / temperature, dim=-1)
+    if not cf_logits_list:
+        return log_p0
     if cf_masks is not None and len(cf_masks) != len(cf_logits_list):
         raise ValueError(f"{len(cf_logits_list)} counterfactual logits but {len(cf_masks)} masks")
-    members = [lpo]
+    p0 = log_p0.exp()
+    norms, log_w_terms = [], []
     for cf in cf_logits_list:
         if cf.shape != orig_logits.shape:
             raise ValueError(f"counterfactual logits have shape {tuple(cf.shape)}, original {tuple(orig_logits.shape)}")
-        members.append(torch.log_softmax(cf.to(device=lpo.device, dtype=dtype), dim=-1))
-    stacked = torch.stack(members)  # [1 + K, ..., V]
+        diff = p0 - torch.softmax(cf.to(device=p0.device, dtype=dtype) / temperature, dim=-1)  # S_k
+        norms.append(torch.linalg.vector_norm(diff, dim=-1))
+        # log W_k = log(1 + tanh(-lam S_k)) = log 2 + log sigmoid(-2 lam S_k)
+        log_w_terms.append(torch.nn.functional.logsigmoid(diff * (-2.0 * lam)) + math.log(2.0))
     if cf_masks is None:
-        count = torch.full(lpo.shape[:-1], float(len(members)), dtype=dtype, device=lpo.device)
+        present = torch.ones((len(norms), *p0.shape[:-1]), dtype=torch.bool, device=p0.device)
     else:
-        present = torch.stack([torch.ones(lpo.shape[:-1], dtype=torch.bool, device=lpo.device)]
-                              + [m.to(device=lpo.device, dtype=torch.bool) for m in cf_masks])
-        stacked = stacked.masked_fill(~present[..., None], -math.inf)
-        count = present.sum(0).to(dtype)
-    log_fair = torch.logsumexp(stacked, dim=0) - count.log()[..., None]
-    out = log_fair if weight == 1.0 else torch.logaddexp(lpo + math.log(1.0 - weight), log_fair + math.log(weight))
-    return torch.where((count == 1)[..., None], lpo, out)
+        present = torch.stack([m.to(device=p0.device, dtype=torch.bool).expand(p0.shape[:-1]) for m in cf_masks])
+    any_cf = present.any(0)
+    scaled = torch.stack(norms).masked_fill(~present, -math.inf)  # log of exp(||S_k||), -inf where absent
+    log_z = torch.where(any_cf, torch.logsumexp(scaled, dim=0), torch.zeros_like(scaled[0]))
+    log_weights = scaled - log_z  # log w_k
+    log_mix = torch.logsumexp(log_weights[..., None] + torch.stack(log_w_terms), dim=0)  # log sum_k w_k W_k
+    log_fair = log_p0 + log_mix
+    if alpha == 1.0:
+        out = log_fair
+    elif alpha == 0.0:
+        out = log_p0
+    else:
+        out = torch.logaddexp(log_fair + math.log(alpha), log_p0 + math.log1p(-alpha))
+    if normalize:
+        out = out - torch.logsumexp(out, dim=-1, keepdim=True)
+    return torch.where(any_cf[..., None], out, log_p0)
 
 
 def _resolve_wordlists(wordlists) -> list[WordList]:
@@ -272,21 +351,41 @@ def _boundary_index(offsets: Sequence[tuple[int, int]], char_end: int, nth: int 
 
 
 class CAFIE:
-    """CAFIE-style scorer and generation helper (see the module docstring for what is implemented).
+    """CAFIE scorer and generation helper (see the module docstring for the equations and the defaults).
 
     Args:
         model: a causal LM.
         tokenizer: its tokenizer; scoring needs a fast tokenizer (character offsets).
         wordlists: built-in names, paths or :class:`WordList` objects.
-        weight: ``w`` of ``p_final = (1 - w) p_orig + w p_fair``.
+        lam: ``lambda``, the strength of ``W_k = 1 + tanh(-lambda S_k)`` (1000: the authors' StereoSet
+            setting; 500 for CrowS-Pairs and 100 for generation in their scripts, see :data:`REFERENCE_LAMBDAS`).
+        alpha: ``alpha`` of ``p_final = alpha p_fair + (1 - alpha) p_0``.
+        temperature: ``T`` of every softmax.
+        normalize: renormalise ``p_final`` (the reference does not).
     """
 
-    def __init__(self, model, tokenizer, wordlists=DEFAULT_WORDLISTS, weight: float = DEFAULT_WEIGHT) -> None:
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        wordlists=DEFAULT_WORDLISTS,
+        *,
+        lam: float = DEFAULT_LAMBDA,
+        alpha: float = DEFAULT_ALPHA,
+        temperature: float = DEFAULT_TEMPERATURE,
+        normalize: bool = False,
+    ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.wordlists = _resolve_wordlists(wordlists)
-        cafie_logprobs(torch.zeros(1), [], weight)  # validates the weight
-        self.weight = float(weight)
+        check_hparams(lam, alpha, temperature)
+        self.lam, self.alpha, self.temperature = float(lam), float(alpha), float(temperature)
+        self.normalize = bool(normalize)
+
+    @property
+    def hparams(self) -> dict:
+        """The keyword arguments of :func:`cafie_logprobs` this scorer uses."""
+        return {"lam": self.lam, "alpha": self.alpha, "temperature": self.temperature, "normalize": self.normalize}
 
     def _plan(self, text: str, score_from: int, ids: list[int], offsets, start_id: int) -> _Plan:
         first = next((i for i, (_, end) in enumerate(offsets) if end > score_from), len(ids)) + 1
@@ -407,33 +506,44 @@ class CAFIE:
             idx = [flat_idx(*c[k]) if k < len(c) else 0 for c in cf_refs]
             cfs.append(flat[torch.tensor(idx, device=flat.device)])
             masks.append(torch.tensor([k < len(c) for c in cf_refs], device=flat.device))
-        logp = cafie_logprobs(orig, cfs, self.weight, masks)
+        logp = cafie_logprobs(orig, cfs, cf_masks=masks, **self.hparams)
         tgt = torch.tensor(targets, device=logp.device)
         tok_lp = logp.gather(-1, tgt[:, None]).squeeze(-1)
         owner_t = torch.tensor(owners)
         sums_t.index_add_(0, owner_t, tok_lp.double().cpu())
         counts += np.bincount(owner_t.numpy(), minlength=len(counts))
 
-    def logits_processor(self, start_token: str = "") -> CAFIELogitsProcessor:
-        """A :class:`CAFIELogitsProcessor` with this scorer's word lists and weight."""
+    def logits_processor(self, start_token: str = "", lam: float | None = None) -> CAFIELogitsProcessor:
+        """A :class:`CAFIELogitsProcessor` with this scorer's word lists and hyperparameters.
+
+        ``lam`` overrides this scorer's ``lambda`` (the authors' generation script uses 100).
+        """
+        hp = self.hparams
+        if lam is not None:
+            hp["lam"] = lam
         return CAFIELogitsProcessor(
             self.model,
             self.tokenizer,
             self.wordlists,
-            weight=self.weight,
             start_id=resolve_start_token_id(self.tokenizer, start_token),
             pad_token_id=self.tokenizer.pad_token_id,
+            **hp,
         )
 
 
 class CAFIELogitsProcessor(LogitsProcessor):
-    """CAFIE-style decoding for ``model.generate``: replaces the scores by ``log p_final`` at every step.
+    """CAFIE decoding for ``model.generate``: replaces the scores by ``log p_final`` at every step.
 
-    ``p_orig`` is the softmax of the incoming scores. Each row (left padding and a leading ``start_id``
-    removed, see :func:`~biasunlearn.baselines.self_debias.split_start`) is decoded to text; every whole
-    group word, including one at the very end, is swapped (:func:`counterfactual_texts`), and each
-    counterfactual text is re-encoded (start token first when the row had one) and run through
-    ``model`` for its last position. Rows without a group word keep their scores' distribution.
+    ``p_0`` is the softmax of the incoming scores (over ``temperature``). Without ``normalize`` the new
+    scores are the log of the unnormalised ``p_final``: sampling normalises them (as the reference's
+    ``torch.multinomial`` does) and greedy decoding takes their argmax, so generation is the same either
+    way. The authors' generation script uses ``lam = 100`` (see :data:`REFERENCE_LAMBDAS`).
+
+    Each row (left padding and a leading ``start_id`` removed, see
+    :func:`~biasunlearn.baselines.self_debias.split_start`) is decoded to text; every whole group word,
+    including one at the very end, is swapped (:func:`counterfactual_texts`), and each counterfactual text
+    is re-encoded (start token first when the row had one) and run through ``model`` for its last position.
+    Rows without a group word keep their scores' distribution (``log_softmax(scores / temperature)``).
 
     Cost: no KV cache for the counterfactuals; every step runs one full forward pass per
     counterfactual of every row over the whole sequence, so long generations cost quadratically more.
@@ -445,15 +555,20 @@ class CAFIELogitsProcessor(LogitsProcessor):
         model,
         tokenizer,
         wordlists=DEFAULT_WORDLISTS,
-        weight: float = DEFAULT_WEIGHT,
+        *,
+        lam: float = DEFAULT_LAMBDA,
+        alpha: float = DEFAULT_ALPHA,
+        temperature: float = DEFAULT_TEMPERATURE,
+        normalize: bool = False,
         start_id: int | None = None,
         pad_token_id: int | None = None,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.wordlists = _resolve_wordlists(wordlists)
-        cafie_logprobs(torch.zeros(1), [], weight)
-        self.weight = float(weight)
+        check_hparams(lam, alpha, temperature)
+        self.lam, self.alpha, self.temperature = float(lam), float(alpha), float(temperature)
+        self.normalize = bool(normalize)
         self.start_id = start_id
         self.pad_token_id = pad_token_id
 
@@ -469,8 +584,9 @@ class CAFIELogitsProcessor(LogitsProcessor):
                  for cf in counterfactual_texts(text, self.wordlists)]
             )
         flat_rows = [r for rows in per_row for r in rows if r]
+        hp = {"lam": self.lam, "alpha": self.alpha, "temperature": self.temperature, "normalize": self.normalize}
         if not flat_rows:
-            return scores
+            return cafie_logprobs(scores, [], **hp).to(scores.dtype)
         pad = self.pad_token_id if self.pad_token_id is not None else 0
         logits = forward_positions(self.model, flat_rows, [[len(r) - 1] for r in flat_rows], pad,
                                    batch_size=len(flat_rows), token_budget=max(map(len, flat_rows)) * len(flat_rows))
@@ -487,4 +603,4 @@ class CAFIELogitsProcessor(LogitsProcessor):
                 cfs[k][b] = next(it)[0, :vocab].to(scores.device)
                 masks[k][b] = True
                 k += 1
-        return cafie_logprobs(scores, cfs, self.weight, masks).to(scores.dtype)
+        return cafie_logprobs(scores, cfs, cf_masks=masks, **hp).to(scores.dtype)
