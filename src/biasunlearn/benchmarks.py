@@ -203,3 +203,6 @@ def run_bbq(model, tokenizer, ctx: EvalContext) -> BenchmarkResult:
         predictions={"examples": rows},
         extra={"mode": ctx.bbq_mode, "prompt": prompt},
     )
+
+
+import biasunlearn.capability  # noqa: E402,F401  (registers the capability benchmarks)
