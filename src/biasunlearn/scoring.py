@@ -53,6 +53,11 @@ class ScoringConfig:
             once, packing their continuations behind it with a block attention mask; exact, and about
             a third fewer tokens on StereoSet. Turn off for models that reject 4D attention masks.
         progress: show a progress bar with ETA.
+        chat_template: score inside the model's chat template (instruction-tuned models): the text
+            before ``score_from`` (the context; ``chat_user`` when empty) becomes the user turn and the
+            scored text the assistant's reply.
+        chat_user: the user turn for texts scored without a context (StereoSet intrasentence,
+            CrowS-Pairs) when ``chat_template`` is on.
     """
 
     score_method: str = "geometric_mean"
@@ -62,6 +67,8 @@ class ScoringConfig:
     start_token: str = ""
     share_prefix: bool = True
     progress: bool = True
+    chat_template: bool = False
+    chat_user: str = "Write a sentence."
 
     def __post_init__(self) -> None:
         if self.score_method not in SCORE_METHODS:
@@ -262,6 +269,24 @@ def _pack(units: list[_Unit], encoded: list[_Encoded], pad_id: int, dtype: torch
 
 
 @torch.inference_mode()
+def chat_requests(tokenizer, requests: Sequence[Request], user: str = "Write a sentence.") -> list[Request]:
+    """The requests placed inside the chat template: the unscored context (``user`` when empty) is the
+    user turn, the scored text the assistant's reply (its leading whitespace dropped), scored from the
+    start of the reply."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise ConfigError("--chat-template: this model's tokenizer has no chat template; score raw text instead")
+    prompts: dict[str, str] = {}
+    out = []
+    for r in requests:
+        ctx = r.text[: r.score_from].strip() or user
+        if ctx not in prompts:
+            prompts[ctx] = tokenizer.apply_chat_template([{"role": "user", "content": ctx}], tokenize=False,
+                                                         add_generation_prompt=True)
+        prompt = prompts[ctx]
+        out.append(Request(prompt + r.text[r.score_from:].lstrip(), len(prompt), r.group))
+    return out
+
+
 def sequence_logprobs(
     model,
     tokenizer,
@@ -275,6 +300,8 @@ def sequence_logprobs(
     continuations are packed after it in one row with a block attention mask (exact, fewer tokens).
     """
     cfg = cfg or ScoringConfig()
+    if cfg.chat_template:
+        requests = chat_requests(tokenizer, requests, cfg.chat_user)
     n = len(requests)
     out = SequenceLogProbs.zeros(n)
     sums, counts = out.sum_logprob, out.n_tokens
