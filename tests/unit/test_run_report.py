@@ -30,3 +30,14 @@ def test_target_checks_by_hand():
     assert "| gender SS within 50 ± 4 | 54.50 | no |" in table
     assert "| overall | 58.00 | 51.90 |" in stereoset_table(before, after)
     assert "| religion | 10 | 51.40 | 48.00 | no |" in crows_table(before, after)
+
+
+def test_bbq_plot_is_written(tmp_path):
+    from biasunlearn.report.run_report import plot_bbq
+
+    def res(shift):
+        cats = {c: {"bias_ambig": 10.0 + shift, "bias_disambig": -5.0 + shift} for c in ("Age", "Race", "overall")}
+        return {"benchmarks": {"bbq": {"metrics": cats}}}
+
+    plot_bbq(res(0.0), res(-8.0), tmp_path / "bbq.png")
+    assert (tmp_path / "bbq.png").stat().st_size > 5000

@@ -99,6 +99,28 @@ def plot_ss_per_domain(before: dict[str, Any], after: dict[str, Any], path: Path
     plt.close(fig)
 
 
+def plot_bbq(before: dict[str, Any], after: dict[str, Any], path: Path) -> None:
+    """BBQ bias score per category, ambiguous and disambiguated contexts, before and after (paper Figure 2)."""
+    plt = _plt()
+    b = before["benchmarks"]["bbq"]["metrics"]
+    a = after["benchmarks"]["bbq"]["metrics"]
+    cats = [c for c in b if c in a and c != "overall"] + ["overall"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 0.35 * len(cats) + 1.6), sharey=True)
+    y = range(len(cats))
+    for ax, cond in zip(axes, ("ambig", "disambig"), strict=True):
+        ax.barh([i + 0.2 for i in y], [b[c][f"bias_{cond}"] for c in cats], height=0.4, label="before")
+        ax.barh([i - 0.2 for i in y], [a[c][f"bias_{cond}"] for c in cats], height=0.4, label="after")
+        ax.axvline(0, color="k", lw=1)
+        ax.set_title(f"BBQ bias score, {'ambiguous' if cond == 'ambig' else 'disambiguated'} contexts")
+        ax.set_xlabel("bias score (0 = unbiased, > 0 toward the stereotype)")
+    axes[0].set_yticks(list(y), cats)
+    axes[0].invert_yaxis()
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def plot_loss_terms(train_log: list[dict[str, Any]], path: Path) -> None:
     plt = _plt()
     keys = [k for k in ("loss", "loss_forget", "loss_retain", "loss_kl") if any(k in r for r in train_log)]
@@ -148,6 +170,9 @@ def write_run_report(out: Path, before: dict[str, Any], after: dict[str, Any], p
     plot_loss_terms(train_log, out / "loss_terms.png")
     if provenance.get("control_history"):
         plot_control(provenance["control_history"], out / "control.png")
+    has_bbq = "bbq" in before["benchmarks"] and "bbq" in after["benchmarks"]
+    if has_bbq:
+        plot_bbq(before, after, out / "bbq.png")
     sel = provenance.get("selected", {})
     lines = [
         f"# biasunlearn run: {provenance['base_model']['name']}",
@@ -175,6 +200,8 @@ def write_run_report(out: Path, before: dict[str, Any], after: dict[str, Any], p
     lines += ["## Plots", "", "![SS per domain](ss_per_domain.png)", "", "![loss terms](loss_terms.png)", ""]
     if provenance.get("control_history"):
         lines += ["![control signal](control.png)", ""]
+    if has_bbq:
+        lines += ["![BBQ bias scores](bbq.png)", ""]
     path = out / "report.md"
     atomic_write_text(path, "\n".join(lines))
     return path
