@@ -25,7 +25,15 @@ from biasunlearn.data.paths import STEREOSET_DEV, STEREOSET_TEST, dataset_checks
 from biasunlearn.data.splits import CONTROL_BY, make_splits
 from biasunlearn.errors import ConfigError
 from biasunlearn.methods.control import ControlCallback, ControlConfig
-from biasunlearn.methods.data import REGIONS, TYPE_SAMPLING, ChunkStream, SwapState, build_pools, collate_chunk
+from biasunlearn.methods.data import (
+    GROUPINGS,
+    REGIONS,
+    TYPE_SAMPLING,
+    ChunkStream,
+    SwapState,
+    build_pools,
+    collate_chunk,
+)
 from biasunlearn.methods.objective import METHODS, ObjectiveWeights
 from biasunlearn.models import DEFAULT_MODEL, load_model_and_tokenizer, lora_target_modules, model_info
 from biasunlearn.scoring import ScoringConfig, resolve_start_token_id
@@ -85,6 +93,8 @@ class TrainConfig:
         control_threshold: SS tolerance around 50 for control_signal ss.
         control_z: tolerance in standard errors for control_signal soft_ss and gap.
         control_tau: temperature of control_signal soft_ss (nats of mean token log-probability).
+        control_groups: what is read, swapped and sampled separately: type (bias type, the paper's) or
+            type_task (bias type and StereoSet task, e.g. gender/intrasentence).
         rest_balanced: a bias type balanced on the control split rests (is not drawn for forget and
             retain) until it leaves the tolerance again.
         type_sampling: how forget and retain items are spread over bias types: size (in proportion to
@@ -135,6 +145,7 @@ class TrainConfig:
     control_threshold: float = 2.0
     control_z: float = 1.0
     control_tau: float = 0.1
+    control_groups: str = "type"
     rest_balanced: bool = False
     type_sampling: str = "size"
     early_stop: bool = True
@@ -165,6 +176,8 @@ class TrainConfig:
         if self.type_sampling not in TYPE_SAMPLING:
             raise ConfigError(f"--type-sampling: expected one of {', '.join(TYPE_SAMPLING)}, "
                               f"got {self.type_sampling!r}")
+        if self.control_groups not in GROUPINGS:
+            raise ConfigError(f"--control-groups: expected one of {', '.join(GROUPINGS)}, got {self.control_groups!r}")
         if self.control_by not in CONTROL_BY:
             raise ConfigError(f"--control-by: expected one of {', '.join(CONTROL_BY)}, got {self.control_by!r}")
 
@@ -219,7 +232,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info("LoRA r=%d on %s: %d trainable parameters", cfg.lora_r, ",".join(targets), n_trainable)
 
-    pools = build_pools(splits.train, cfg.loss_region, tasks)
+    pools = build_pools(splits.train, cfg.loss_region, tasks, cfg.control_groups)
     swap = SwapState()
     history: list[dict[str, Any]] = []
     ckpt_dir = out / "checkpoints"
@@ -243,7 +256,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                          adversarial_fraction=adv, seed=cfg.seed, swap_state=swap, max_length=cfg.max_length,
                          type_sampling=cfg.type_sampling)
     ccfg = ControlConfig(signal=cfg.control_signal, every=cfg.control_every, threshold=cfg.control_threshold,
-                         z=cfg.control_z, tau=cfg.control_tau, swapping=method.swapping,
+                         z=cfg.control_z, tau=cfg.control_tau, grouping=cfg.control_groups,
+                         swapping=method.swapping,
                          rest_balanced=cfg.rest_balanced, early_stop=cfg.early_stop, keep_best=cfg.keep_best)
     control_cb = ControlCallback(tok, splits.control, ccfg, swap, cfg.scoring, history)
     args_kwargs = dict(

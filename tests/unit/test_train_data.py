@@ -661,3 +661,15 @@ def test_sft_retain_set_draws_stereotypes_and_anti_stereotypes_one_to_one(byte_t
     assert n_s + n_a == len(retain) and abs(n_s - n_a) < 0.15 * len(retain)
     with pytest.raises(ConfigError, match="retain_set"):
         ChunkStream(pools, byte_tok, 0, retain_set="stereo")
+
+
+def test_groups_by_type_and_task():
+    from biasunlearn.methods.data import group_key
+
+    intra = _ex("a", "intrasentence", "The BLANK cat.", "The good cat.", "The bad cat.", "The blue cat.", "race")
+    inter = _ex("b", "intersentence", "A cat.", "S.", "A.", "U.", "gender")
+    assert group_key(intra) == "race" and group_key(intra, "type_task") == "race/intrasentence"
+    pools = build_pools([intra, inter], grouping="type_task")
+    assert list(pools.stereo) == ["gender/intersentence", "race/intrasentence"]  # bias-type order
+    with pytest.raises(ConfigError, match="--control-groups"):
+        group_key(intra, "task")

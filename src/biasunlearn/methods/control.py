@@ -43,7 +43,7 @@ from transformers import TrainerCallback
 from biasunlearn.benchmarks import stereoset_requests
 from biasunlearn.data.stereoset import BIAS_TYPES, StereoExample
 from biasunlearn.errors import ConfigError
-from biasunlearn.methods.data import SwapState
+from biasunlearn.methods.data import SwapState, group_key
 from biasunlearn.metrics.stereoset import evaluate_group
 from biasunlearn.scoring import ScoringConfig, sequence_logprobs
 
@@ -59,6 +59,7 @@ class ControlConfig:
     threshold: float = 2.0  # SS points, for signal "ss"
     z: float = 1.0  # tolerance in standard errors, for signals "soft_ss" and "gap"
     tau: float = 0.1  # temperature of signal "soft_ss" (nats of mean token log-probability)
+    grouping: str = "type"  # control / swap groups: "type" or "type_task"
     swapping: bool = True
     rest_balanced: bool = False
     early_stop: bool = True
@@ -84,7 +85,7 @@ def soft_ss(gaps: np.ndarray, tau: float) -> tuple[float, float]:
 
 
 def control_reading(model, tokenizer, examples: list[StereoExample], scoring: ScoringConfig,
-                    tau: float = 0.1) -> dict[str, Any]:
+                    tau: float = 0.1, grouping: str = "type") -> dict[str, Any]:
     """Per bias type and over all examples: SS, LMS, the stereotype-minus-anti log-probability gap and the
     soft SS, each continuous statistic with its standard error; ICAT over all examples."""
     reqs, ids = stereoset_requests(examples)
@@ -101,10 +102,12 @@ def control_reading(model, tokenizer, examples: list[StereoExample], scoring: Sc
                 "soft_ss_se": soft_se, "n": len(exs)}
 
     out: dict[str, Any] = {"types": {}}
-    for t in BIAS_TYPES:
-        exs = [e for e in examples if e.bias_type == t]
-        if exs:
-            out["types"][t] = stats(exs)
+    groups: dict[str, list[StereoExample]] = {}
+    for e in examples:
+        groups.setdefault(group_key(e, grouping), []).append(e)
+    for g in sorted(groups, key=lambda k: (BIAS_TYPES.index(k.split("/")[0]) if k.split("/")[0] in BIAS_TYPES
+                                           else len(BIAS_TYPES), k)):
+        out["types"][g] = stats(groups[g])
     out.update(stats(examples))
     return out
 
@@ -178,7 +181,8 @@ class ControlCallback(TrainerCallback):
         was_training = model.training
         model.eval()
         with torch.no_grad():
-            reading = control_reading(model, self.tokenizer, self.examples, self.scoring, self.cfg.tau)
+            reading = control_reading(model, self.tokenizer, self.examples, self.scoring, self.cfg.tau,
+                                      self.cfg.grouping)
         if was_training:
             model.train()
         states = {t: type_state(r, self.cfg) for t, r in reading["types"].items()}

@@ -34,6 +34,15 @@ from biasunlearn.packing import Packed, pack_sequences
 log = logging.getLogger(__name__)
 
 REGIONS = ("from_blank", "blank_only", "sentence")
+GROUPINGS = ("type", "type_task")
+
+
+def group_key(ex: StereoExample, grouping: str = "type") -> str:
+    """The control / swap group of an example: its bias type (``type``), or bias type and task
+    (``type_task``: ``gender/intrasentence``), so that the two tasks are balanced and swapped separately."""
+    if grouping not in GROUPINGS:
+        raise ConfigError(f"--control-groups: expected one of {', '.join(GROUPINGS)}, got {grouping!r}")
+    return ex.bias_type if grouping == "type" else f"{ex.bias_type}/{ex.task}"
 
 
 @dataclass(frozen=True)
@@ -97,19 +106,22 @@ class Pools:
 
 
 def build_pools(examples: Sequence[StereoExample], region: str = "from_blank",
-                tasks: Sequence[str] = ("intrasentence", "intersentence")) -> Pools:
+                tasks: Sequence[str] = ("intrasentence", "intersentence"), grouping: str = "type") -> Pools:
+    """Per-group pools (groups: :func:`group_key`), in bias-type order."""
     stereo: dict[str, list[TrainItem]] = {}
     anti: dict[str, list[TrainItem]] = {}
     unrelated: list[TrainItem] = []
     for ex in examples:
         if ex.task not in tasks:
             continue
-        stereo.setdefault(ex.bias_type, []).append(loss_region(ex, "stereotype", region))
-        anti.setdefault(ex.bias_type, []).append(loss_region(ex, "anti-stereotype", region))
+        key = group_key(ex, grouping)
+        stereo.setdefault(key, []).append(loss_region(ex, "stereotype", region))
+        anti.setdefault(key, []).append(loss_region(ex, "anti-stereotype", region))
         unrelated.append(loss_region(ex, "unrelated", region))
     if not stereo:
         raise ConfigError("the train split has no examples for the selected --tasks")
-    order = [t for t in BIAS_TYPES if t in stereo] + sorted(set(stereo) - set(BIAS_TYPES))
+    order = sorted(stereo, key=lambda k: (BIAS_TYPES.index(k.split("/")[0]) if k.split("/")[0] in BIAS_TYPES
+                                          else len(BIAS_TYPES), k))
     return Pools({t: stereo[t] for t in order}, {t: anti[t] for t in order}, unrelated)
 
 

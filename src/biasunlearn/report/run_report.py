@@ -139,7 +139,7 @@ def plot_control(history: list[dict[str, Any]], path: Path) -> None:
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
     steps = [h["step"] for h in history]
-    for t in BIAS_TYPES:
+    for t in history[0]["types"] if history else []:
         if all(t in h["types"] for h in history):
             axes[0].plot(steps, [h["types"][t]["SS"] for h in history], marker=".", label=t)
             key = "soft_ss" if "soft_ss" in history[0]["types"][t] else "gap"
