@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Set up .venv, then run the main job on the built-in default model (SmolLM2-135M-Instruct):
-# bias evaluation on the report split (StereoSet dev.json, all of CrowS-Pairs). Extra flags pass through.
+# `biasunlearn run` = bias evaluation on the report split (StereoSet dev.json, all of CrowS-Pairs), BiasUnlearn
+# training to the stop criterion, the same evaluation with the adapter, and OUT/report.md with plots.
+# About 45 minutes on a 2-core CPU. Extra flags pass through (e.g. --preset quick for a few minutes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1}
 export BIASUNLEARN_DATA=${BIASUNLEARN_DATA:-$(cd .. && pwd)/shared/data}
-.venv/bin/biasunlearn eval --model smollm2-135m-instruct --benchmarks stereoset,crows_pairs \
-  --split report --out "${OUT:-runs/main}" "$@"
+.venv/bin/biasunlearn run --model smollm2-135m-instruct --benchmarks stereoset,crows_pairs --out "${OUT:-runs/main}" "$@"
