@@ -268,7 +268,6 @@ def _pack(units: list[_Unit], encoded: list[_Encoded], pad_id: int, dtype: torch
             torch.tensor(targets, dtype=long), owners)
 
 
-@torch.inference_mode()
 def chat_requests(tokenizer, requests: Sequence[Request], user: str = "Write a sentence.") -> list[Request]:
     """The requests placed inside the chat template: the unscored context (``user`` when empty) is the
     user turn, the scored text the assistant's reply (its leading whitespace dropped), scored from the
@@ -287,6 +286,7 @@ def chat_requests(tokenizer, requests: Sequence[Request], user: str = "Write a s
     return out
 
 
+@torch.inference_mode()
 def sequence_logprobs(
     model,
     tokenizer,

@@ -27,14 +27,12 @@ def test_chat_requests_put_context_in_the_user_turn(chat_tok):
 
 
 def test_chat_scoring_scores_only_the_reply(tiny_model_and_tokenizer, chat_tok):
-    import torch
-
     model, _ = tiny_model_and_tokenizer
     reqs = [Request("My mother is home. She cooks.", 19)]
-    with torch.no_grad():
-        chat = sequence_logprobs(model, chat_tok, reqs, ScoringConfig(chat_template=True, progress=False))
-        direct = sequence_logprobs(model, chat_tok, chat_requests(chat_tok, reqs), ScoringConfig(progress=False))
-        raw = sequence_logprobs(model, chat_tok, reqs, ScoringConfig(progress=False))
+    # no torch.no_grad() here: the scorer runs in inference mode itself
+    chat = sequence_logprobs(model, chat_tok, reqs, ScoringConfig(chat_template=True, progress=False))
+    direct = sequence_logprobs(model, chat_tok, chat_requests(chat_tok, reqs), ScoringConfig(progress=False))
+    raw = sequence_logprobs(model, chat_tok, reqs, ScoringConfig(progress=False))
     assert chat.n_tokens[0] == len("She cooks.")  # byte tokenizer: one token per byte of the reply
     assert chat.sum_logprob[0] == pytest.approx(direct.sum_logprob[0])
     assert raw.sum_logprob[0] != pytest.approx(chat.sum_logprob[0])
