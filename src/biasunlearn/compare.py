@@ -76,8 +76,9 @@ class CompareConfig:
                 raise ConfigError(f"--adapters: expected NAME=DIR, got {item!r}")
             if method_kind(name) != "trained":
                 raise ConfigError(f"--adapters: {name!r} is not a trained method")
-            if not Path(path, "adapter_config.json").is_file():
-                raise ConfigError(f"--adapters: {path} is not an adapter folder (no adapter_config.json)")
+            if not (Path(path, "adapter_config.json").is_file() or Path(path, "weight_deltas.safetensors").is_file()):
+                raise ConfigError(f"--adapters: {path} is not an adapter folder (no adapter_config.json or "
+                                  "weight_deltas.safetensors)")
             out[name] = path
         return out
 
@@ -226,7 +227,7 @@ def measure_inference_cost(model_spec: str, methods: dict[str, tuple[str, str]],
         if kind == "decoding":
             b = DECODING_BASELINES.get(name)(model, tok)
             seconds[name] = timed(lambda b=b: b.sequence_logprobs(reqs, scoring))
-        elif kind == "trained" and adapter:
+        elif kind == "trained" and adapter and Path(adapter, "adapter_config.json").is_file():
             pm = apply_adapter(model, adapter)
             seconds[name] = timed(lambda pm=pm: sequence_logprobs(pm, tok, reqs, scoring))
             model = pm.unload()  # back to the plain model for the next method

@@ -92,6 +92,11 @@ def apply_adapter(model, adapter_dir: str | Path):
     from peft import PeftModel
 
     d = Path(adapter_dir)
+    if (d / "weight_deltas.safetensors").is_file():  # BiasEdit: weight deltas added to the model
+        from biasunlearn.baselines.biasedit import apply_deltas
+
+        apply_deltas(model, d)
+        return model
     if not (d / "adapter_config.json").is_file():
         raise ModelError(f"--adapter: {d} is not a peft adapter folder (no adapter_config.json)")
     if not (d / "adapter_model.safetensors").is_file():
@@ -108,7 +113,8 @@ def apply_adapter(model, adapter_dir: str | Path):
 
 def adapter_info(adapter_dir: str | Path) -> dict[str, Any]:
     d = Path(adapter_dir)
-    return {"path": str(d), "sha256": sha256_file(d / "adapter_model.safetensors")}
+    weights = d / "weight_deltas.safetensors"
+    return {"path": str(d), "sha256": sha256_file(weights if weights.is_file() else d / "adapter_model.safetensors")}
 
 
 def evaluate(
@@ -140,7 +146,7 @@ def evaluate(
         )
         if cfg.adapter:
             model = apply_adapter(model, cfg.adapter)
-            if cfg.merge_adapter:
+            if cfg.merge_adapter and hasattr(model, "merge_and_unload"):
                 model = model.merge_and_unload().eval()
     elif tokenizer is None:
         raise ConfigError("evaluate(model=...) needs the matching tokenizer=")

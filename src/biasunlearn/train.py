@@ -228,6 +228,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         trust_remote_code=cfg.trust_remote_code,
     )
     info = model_info(model, tok, resolved)
+    if method.engine == "biasedit":
+        return _train_biasedit(cfg, model, tok, info, splits, data_dir, out)
     model, targets = _make_peft(model, cfg)
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info("LoRA r=%d on %s: %d trainable parameters", cfg.lora_r, ",".join(targets), n_trainable)
@@ -317,6 +319,41 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             trainer.model.save_pretrained(str(tmp), safe_serialization=True)
             atomic_write_json(tmp / "provenance.json", record)
         log.info("adapter written to %s", out / "adapter")
+    return record
+
+
+def _train_biasedit(cfg: TrainConfig, model, tok, info: dict[str, Any], splits, data_dir, out: Path) -> dict[str, Any]:
+    """BiasEdit: train the editor networks, write their weight deltas (``OUT/adapter/weight_deltas.safetensors``,
+    applied by ``eval --adapter``) with the same provenance record as the other methods."""
+    from biasunlearn.baselines.biasedit import save_deltas, train_biasedit
+
+    if (out / "adapter").exists():
+        raise ConfigError(f"--out: {out / 'adapter'} already exists; choose another --out or remove it")
+    start_id = resolve_start_token_id(tok, cfg.scoring.start_token)
+    t0 = time.time()
+    n_layers = int(getattr(model.config, "num_hidden_layers", 3) or 3)
+    layers = tuple(range(-min(3, n_layers), 0))  # the last three blocks (the authors' "last123")
+    deltas, be_info = train_biasedit(model, tok, [e for e in splits.train if e.task in cfg.task_list()],
+                                     layers=layers, steps=cfg.max_steps,
+                                     batch_size=max(1, (cfg.n_forget + cfg.n_retain) // 2),
+                                     seed=cfg.seed, max_length=cfg.max_length, start_id=start_id)
+    record = {
+        "biasunlearn_version": package_versions(("biasunlearn",))["biasunlearn"],
+        "method": "biasedit",
+        "base_model": info,
+        "config": asdict(cfg),
+        "biasedit": {k: v for k, v in be_info.items() if k != "log"},
+        "data": dataset_checksums(data_dir, [STEREOSET_TEST, STEREOSET_DEV]),
+        "splits": {"seed": cfg.seed, "counts": splits.counts(), "dropped_for_leakage": splits.dropped_for_leakage},
+        "packages": package_versions(),
+        "steps": cfg.max_steps,
+        "train_seconds": round(time.time() - t0, 1),
+        "selected": {"step": cfg.max_steps},
+        "control_history": [],
+    }
+    save_deltas(deltas, out / "adapter", record)
+    atomic_write_json(out / "biasedit_log.json", be_info.get("log", []))
+    log.info("BiasEdit weight deltas written to %s", out / "adapter")
     return record
 
 

@@ -40,7 +40,8 @@ class Method:
             (stereotype and anti-stereotype sentences 1:1, the SFT baseline of paper §4.5).
         engine: ``biasunlearn`` (this module's terms in :class:`~biasunlearn.methods.trainer.BiasUnlearnTrainer`)
             or ``dpo`` (``trl``'s DPOTrainer on stereotype / anti-stereotype pairs, see
-            :mod:`biasunlearn.baselines.dpo`).
+            :mod:`biasunlearn.baselines.dpo`), or ``biasedit`` (an editor network's weight deltas, see
+            :mod:`biasunlearn.baselines.biasedit`).
     """
 
     name: str
@@ -68,6 +69,7 @@ for _m in (
     Method("cda", forget="none", kl=False, adversarial=False, swapping=False),
     Method("sft", forget="none", kl=False, adversarial=False, swapping=False, retain_set="both"),
     Method("dpo", forget="none", retain=False, kl=False, adversarial=False, swapping=False, engine="dpo"),
+    Method("biasedit", forget="none", retain=False, kl=False, adversarial=False, swapping=False, engine="biasedit"),
 ):
     METHODS.register(_m.name)(_m)
 
