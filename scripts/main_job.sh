@@ -8,4 +8,4 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1}
 export BIASUNLEARN_DATA=${BIASUNLEARN_DATA:-$(cd .. && pwd)/shared/data}
-.venv/bin/biasunlearn run --model smollm2-135m-instruct --benchmarks stereoset,crows_pairs --out "${OUT:-runs/main}" "$@"
+.venv/bin/biasunlearn run --model smollm2-135m-instruct --benchmarks stereoset,crows_pairs --beta 1.0 --out "${OUT:-runs/main}" "$@"

@@ -60,7 +60,7 @@ def target_checks(before: dict[str, Any], after: dict[str, Any], ss_tol: float =
             out.append({"check": f"{dom} SS within 50 ± {domain_tol:g}", "value": f"{a[dom]['SS']:.2f}",
                         "ok": abs(a[dom]["SS"] - 50) <= domain_tol})
     dl = a["overall"]["LMS"] - b["overall"]["LMS"]
-    out.append({"check": f"|ΔLMS| ≤ {lms_tol:g}", "value": f"{dl:+.2f}", "ok": abs(dl) <= lms_tol})
+    out.append({"check": f"LMS change within ±{lms_tol:g}", "value": f"{dl:+.2f}", "ok": abs(dl) <= lms_tol})
     out.append({"check": "ICAT higher than before", "value": f"{b['overall']['ICAT']:.2f} → {a['overall']['ICAT']:.2f}",
                 "ok": a["overall"]["ICAT"] > b["overall"]["ICAT"]})
     if "crows_pairs" in before["benchmarks"] and "crows_pairs" in after["benchmarks"]:
