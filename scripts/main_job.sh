@@ -2,7 +2,7 @@
 # Set up .venv, then run the main job on the built-in default model (SmolLM2-135M-Instruct):
 # `biasunlearn run` = bias evaluation on the report split (StereoSet dev.json, all of CrowS-Pairs), BiasUnlearn
 # training to the stop criterion, the same evaluation with the adapter, and OUT/report.md with plots.
-# About 45 minutes on a 2-core CPU. Extra flags pass through (e.g. --preset quick for a few minutes).
+# Extra flags pass through (e.g. --preset quick for a short demonstration).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh

@@ -168,3 +168,21 @@ def test_dpo_baseline_trains_through_trl(tiny_model_dir, fixture_data_dir, tmp_p
     assert any(p.abs().sum() > 0 for n, p in model.named_parameters() if "lora_B" in n)
     log = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
     assert any("loss" in r for r in log)
+
+
+def test_new_training_options_are_validated_with_the_flag_named(tiny_model_dir, fixture_data_dir, tmp_path):
+    out = tmp_path / "v"
+    cases = [(dict(type_sampling="uniform"), "--type-sampling"), (dict(control_groups="task"), "--control-groups"),
+             (dict(control_by="person"), "--control-by"), (dict(control_tau=0.0), "--control-tau"),
+             (dict(control_signal="median"), "--control-signal")]
+    for kw, flag in cases:
+        with pytest.raises(ConfigError, match=flag):
+            _cfg(tiny_model_dir, fixture_data_dir, out, **kw)
+    assert not out.exists()  # nothing written by a refused configuration
+
+
+def test_eval_refuses_an_unknown_bbq_mode():
+    from biasunlearn.evaluation import EvalConfig
+
+    with pytest.raises(ConfigError, match="--bbq-mode"):
+        EvalConfig(bbq_mode="guess")
