@@ -15,6 +15,11 @@ Writes to ``--out``:
   methods, Figure 4), ``inference_cost.json`` (scoring time of one fixed set of sentences relative to
   the plain model, every method measured in this run);
 * ``eval/NAME/results.json`` for every method.
+
+A comparison is long on a CPU (hours on the built-in model). ``--resume`` continues one that was
+stopped: finished trainings (``train/NAME/adapter``) and evaluations made with the same options
+(``eval/NAME/results.json``) are reused, an interrupted training resumes from its last checkpoint, and
+only the rest is computed.
 """
 
 from __future__ import annotations
@@ -236,6 +241,31 @@ def measure_inference_cost(model_spec: str, methods: dict[str, tuple[str, str]],
             "note": "adapters scored unmerged (as loaded by PeftModel); merged, a LoRA adapter costs nothing extra"}
 
 
+#: the evaluation options that must match for ``--resume`` to reuse an earlier ``eval/NAME/results.json``
+_RESUME_KEYS = ("model", "adapter", "method", "benchmarks", "split", "limit", "dtype", "merge_adapter")
+
+
+def finished_evaluation(folder: Path, ecfg: Any) -> dict[str, Any] | None:
+    """The results of an earlier evaluation in ``folder`` made with the same options as ``ecfg`` (model,
+    adapter, method, benchmarks, split, limit, dtype, merge, scoring), or None: a comparison resumed with
+    ``--resume`` recomputes only what is missing or was made differently."""
+    p = folder / "results.json"
+    if not p.is_file():
+        return None
+    try:
+        res = json.loads(p.read_text())
+    except json.JSONDecodeError:
+        log.warning("compare: %s is not valid JSON; evaluating again", p)
+        return None
+    old = res.get("config", {})
+    new = asdict(ecfg)
+    same = all(old.get(k) == new.get(k) for k in _RESUME_KEYS) and old.get("scoring") == new.get("scoring")
+    if not same:
+        log.info("compare: %s was made with other options; evaluating again", p)
+        return None
+    return res
+
+
 def compare(cfg: CompareConfig) -> dict[str, Any]:
     from biasunlearn.evaluation import EvalConfig, evaluate
     from biasunlearn.train import train
@@ -244,8 +274,9 @@ def compare(cfg: CompareConfig) -> dict[str, Any]:
     given = cfg.adapter_map()
     t = cfg.train
     out = Path(t.out)
-    if (out / "results.csv").exists():
-        raise ConfigError(f"--out: {out} already holds a comparison (results.csv); choose another --out")
+    if (out / "results.csv").exists() and not t.resume:
+        raise ConfigError(f"--out: {out} already holds a comparison (results.csv); choose another --out "
+                          "or pass --resume to reuse its finished parts")
     results: dict[str, dict[str, Any]] = {}
     histories: dict[str, list[dict[str, Any]]] = {}
     adapters: dict[str, str] = {}
@@ -256,7 +287,12 @@ def compare(cfg: CompareConfig) -> dict[str, Any]:
             adapter = given.get(name, "")
             if not adapter:
                 run_dir = out / "train" / name
-                train(TrainConfig(**{**asdict(t), "scoring": t.scoring, "method": name, "out": str(run_dir)}))
+                if t.resume and (run_dir / "adapter" / "provenance.json").is_file():
+                    log.info("compare: reusing the finished training of %s in %s", name, run_dir)
+                else:
+                    resume = t.resume and any((run_dir / "checkpoints").glob("checkpoint-*"))
+                    train(TrainConfig(**{**asdict(t), "scoring": t.scoring, "method": name, "out": str(run_dir),
+                                         "resume": resume}))
                 adapter = str(run_dir / "adapter")
             adapters[name] = adapter
             prov = Path(adapter, "provenance.json")
@@ -264,11 +300,16 @@ def compare(cfg: CompareConfig) -> dict[str, Any]:
                 histories[name] = json.loads(prov.read_text()).get("control_history", [])
         elif kind == "decoding":
             method = name
-        log.info("compare: evaluating %s", name)
-        results[name] = evaluate(EvalConfig(model=t.model, adapter=adapter, method=method, benchmarks=cfg.benchmarks,
-                                            limit=cfg.limit, out=str(out / "eval" / name), data_dir=t.data_dir,
-                                            dtype=t.dtype, device=t.device, cache_dir=t.cache_dir,
-                                            trust_remote_code=t.trust_remote_code))
+        ecfg = EvalConfig(model=t.model, adapter=adapter, method=method, benchmarks=cfg.benchmarks, limit=cfg.limit,
+                          out=str(out / "eval" / name), data_dir=t.data_dir, dtype=t.dtype, device=t.device,
+                          cache_dir=t.cache_dir, trust_remote_code=t.trust_remote_code)
+        done = finished_evaluation(Path(ecfg.out), ecfg) if t.resume else None
+        if done is not None:
+            log.info("compare: reusing the finished evaluation of %s in %s", name, ecfg.out)
+            results[name] = done
+        else:
+            log.info("compare: evaluating %s", name)
+            results[name] = evaluate(ecfg)
     rows = [r for n, res in results.items() for r in tidy_rows(t.model, n, res)]
     cost = measure_inference_cost(t.model, {n: (method_kind(n), adapters.get(n, "")) for n in names if n != "base"},
                                   cfg.cost_sentences, t) if cfg.cost_sentences else {}

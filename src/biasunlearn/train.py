@@ -98,7 +98,8 @@ class TrainConfig:
         rest_balanced: a bias type balanced on the control split rests (is not drawn for forget and
             retain) until it leaves the tolerance again.
         type_sampling: how forget and retain items are spread over bias types: size (in proportion to
-            each type's pool, the paper's uniform draw) or balanced (each type equally often).
+            each type's pool, the paper's uniform draw), balanced (each type equally often) or adaptive (in
+            proportion to the type's distance from 50 on the latest control reading, plus 1 point).
         early_stop: stop once every bias type is balanced on the control split.
         keep_best: restore the adapter of the best control ICAT at the end.
         save_steps: steps between checkpoints.
@@ -245,7 +246,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             raise ConfigError(f"--resume: no checkpoint found in {ckpt_dir}")
         resume_from = str(ckpts[-1])
         loaded, history = load_swap_state(ckpts[-1])
-        swap.swapped, swap.resting = loaded.swapped, loaded.resting
+        swap.swapped, swap.resting, swap.distance = loaded.swapped, loaded.resting, loaded.distance
         log.info("resuming from %s (swapped: %s, resting: %s)", resume_from, swap.swapped, swap.resting)
     elif (out / "adapter").exists():
         raise ConfigError(f"--out: {out / 'adapter'} already exists; choose another --out or remove it")

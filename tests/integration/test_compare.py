@@ -45,7 +45,7 @@ def test_bad_methods_and_adapters_are_refused(tmp_path):
         CompareConfig(adapters=f"cda={tmp_path}").adapter_map()
 
 
-def test_compare_command_on_the_tiny_model(tiny_model_dir, fixture_data_dir, tmp_path):
+def test_compare_command_on_the_tiny_model(tiny_model_dir, fixture_data_dir, tmp_path, monkeypatch):
     out = tmp_path / "cmp"
     rc = main(["compare", "--model", str(tiny_model_dir), "--data-dir", str(fixture_data_dir), "--out", str(out),
                "--methods", "base,cda,self_debias", "--benchmarks", "stereoset,crows_pairs",
@@ -67,3 +67,22 @@ def test_compare_command_on_the_tiny_model(tiny_model_dir, fixture_data_dir, tmp
     # a second run into the same folder is refused
     assert main(["compare", "--model", str(tiny_model_dir), "--data-dir", str(fixture_data_dir), "--out", str(out),
                  "--methods", "base"]) == 2
+    # --resume reuses the finished training and evaluations; only the missing one is computed again
+    import biasunlearn.evaluation as evaluation
+    import biasunlearn.train as train_mod
+
+    (out / "eval" / "self_debias" / "results.json").unlink()
+    evaluated, trained = [], []
+    real_eval, real_train = evaluation.evaluate, train_mod.train
+    monkeypatch.setattr(evaluation, "evaluate", lambda c: evaluated.append(c.out) or real_eval(c))
+    monkeypatch.setattr(train_mod, "train", lambda c: trained.append(c.method) or real_train(c))
+    args = ["compare", "--model", str(tiny_model_dir), "--data-dir", str(fixture_data_dir), "--out", str(out),
+            "--methods", "base,cda,self_debias", "--benchmarks", "stereoset,crows_pairs", "--control-per-type", "1",
+            "--max-steps", "2", "--control-every", "1", "--n-forget", "1", "--n-retain", "2", "--n-kl", "1",
+            "--save-steps", "2", "--cost-sentences", "0", "--resume"]
+    assert main(args) == 0
+    assert trained == [] and evaluated == [str(out / "eval" / "self_debias")]
+    # an evaluation made with other options (here: --limit) is not reused
+    evaluated.clear()
+    assert main([*args[:8], "base", *args[9:], "--limit", "3"]) == 0
+    assert evaluated == [str(out / "eval" / "base")]

@@ -83,6 +83,23 @@ def test_callback_swaps_stops_and_keeps_best(monkeypatch, tiny_model_and_tokeniz
     assert ctl.should_training_stop  # every type balanced after step 0
     assert cb.best["step"] == 1 and math.isclose(cb.best["ICAT"], 89.0)
     assert [h["changed"] for h in cb.history] == [["race"], []]
+    # the latest reading's distance from 50 (soft SS here) is kept for adaptive sampling
+    assert swap.distance == {"race": 0.0, "gender": 0.0}
+
+
+def test_callback_records_each_types_distance_from_50(monkeypatch, tiny_model_and_tokenizer):
+    import biasunlearn.methods.control as control
+
+    model, tok = tiny_model_and_tokenizer
+    reading = {"types": {"race": {**_r(gap=0.0), "soft_ss": 46.5, "SS": 45.0},
+                         "gender": {**_r(gap=0.0), "soft_ss": 57.0, "SS": 60.0}},
+               "SS": 52.0, "LMS": 90.0, "ICAT": 80.0, "soft_ss": 51.0, "soft_ss_se": 1.0}
+    monkeypatch.setattr(control, "control_reading", lambda *a, **k: reading)
+    swap = SwapState()
+    ControlCallback(tok, [], ControlConfig(every=1), swap)._read(model, 0, _Ctl())
+    assert swap.distance == {"race": -3.5, "gender": 7.0}
+    ControlCallback(tok, [], ControlConfig(every=1, signal="ss"), swap)._read(model, 0, _Ctl())
+    assert swap.distance == {"race": -5.0, "gender": 10.0}
 
 
 def test_rest_balanced_types_rest_until_they_leave_the_tolerance():
@@ -132,3 +149,13 @@ def test_soft_ss_states_and_stop_rule():
     assert should_stop({"SS": 55.0}, states, ControlConfig(signal="ss"))  # the paper's rule: types only
     with pytest.raises(ConfigError, match="--control-tau"):
         ControlConfig(tau=0.0)
+
+
+def test_swap_state_round_trip_keeps_swaps_rests_and_distances(tmp_path):
+    from biasunlearn.methods.trainer import load_swap_state, save_swap_state
+
+    state = SwapState(swapped={"race": True}, resting={"gender": True}, distance={"race": -3.0, "gender": 1.5})
+    save_swap_state(tmp_path, state, [{"step": 5}])
+    loaded, history = load_swap_state(tmp_path)
+    assert loaded == state and history == [{"step": 5}]
+    assert load_swap_state(tmp_path / "missing") == (SwapState(), [])

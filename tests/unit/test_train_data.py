@@ -632,6 +632,33 @@ def test_type_weights_by_size_balanced_and_resting():
         type_weights(sizes, "uniform", SwapState())
 
 
+def test_adaptive_type_weights_follow_the_distance_from_50():
+    from biasunlearn.methods.data import type_weights
+
+    sizes = {"gender": 10, "race": 30, "religion": 0}
+    # before any reading every type with data is drawn equally
+    assert type_weights(sizes, "adaptive", SwapState()) == {"gender": 1.0, "race": 1.0, "religion": 0.0}
+    state = SwapState(distance={"gender": 6.0, "race": -2.5, "religion": 9.0})
+    # |distance| + 1 point; a type without data stays at 0
+    assert type_weights(sizes, "adaptive", state) == {"gender": 7.0, "race": 3.5, "religion": 0.0}
+    state.resting["gender"] = True
+    assert type_weights(sizes, "adaptive", state) == {"gender": 0.0, "race": 3.5, "religion": 0.0}
+
+
+def test_adaptive_sampling_in_the_stream(byte_tok):
+    import collections
+
+    pools = _pools()
+    types = list(pools.stereo)
+    state = SwapState(distance={t: 0.0 for t in types})
+    state.distance[types[0]] = 9.0  # weight 10 against 1 for each other type
+    s = ChunkStream(pools, byte_tok, 0, seed=4, swap_state=state, type_sampling="adaptive")
+    counts = collections.Counter(_type_of(t) for t in _decoded(byte_tok, _take(s, 200), "forget"))
+    share = counts[types[0]] / sum(counts.values())
+    expected = 10 / (10 + len(types) - 1)
+    assert abs(share - expected) < 0.06, (share, expected)
+
+
 def test_balanced_sampling_and_resting_in_the_stream(byte_tok):
     import collections
 

@@ -187,6 +187,8 @@ class ControlCallback(TrainerCallback):
             model.train()
         states = {t: type_state(r, self.cfg) for t, r in reading["types"].items()}
         changed = update_swaps(self.swap, states, self.cfg)
+        key = "SS" if self.cfg.signal == "ss" else "soft_ss"
+        self.swap.distance = {t: r[key] - 50.0 for t, r in reading["types"].items()}
         rec = {"step": step, **reading, "states": states, "swapped": dict(self.swap.swapped),
                "resting": dict(self.swap.resting), "changed": changed,
                "seconds": round(time.time() - t0, 2)}

@@ -132,6 +132,8 @@ class SwapState:
 
     swapped: dict[str, bool] = field(default_factory=dict)
     resting: dict[str, bool] = field(default_factory=dict)
+    #: the latest control reading's distance of each type from 50 (SS points), for ``adaptive`` sampling
+    distance: dict[str, float] = field(default_factory=dict)
 
     def is_swapped(self, bias_type: str) -> bool:
         return self.swapped.get(bias_type, False)
@@ -140,19 +142,25 @@ class SwapState:
         return self.resting.get(bias_type, False)
 
 
-TYPE_SAMPLING = ("size", "balanced")
+TYPE_SAMPLING = ("size", "balanced", "adaptive")
+ADAPTIVE_FLOOR = 1.0  # SS points added to every type's distance, so that balanced types are still drawn
 
 
 def type_weights(sizes: dict[str, int], sampling: str, state: SwapState) -> dict[str, float]:
     """Probability weight of each bias type when drawing forget / retain items.
 
     ``size``: proportional to the type's pool (the paper draws uniformly from the union of all types);
-    ``balanced``: equal for every type. Resting types get weight 0, unless every type rests (then all
-    are drawn as if none rested).
+    ``balanced``: equal for every type; ``adaptive``: proportional to ``|SS_t − 50| + 1``, the type's
+    distance from 50 on the latest control reading (``state.distance``; equal before the first reading),
+    so the types furthest from balance get the most updates and those near 50 few. Resting types get
+    weight 0, unless every type rests (then all are drawn as if none rested).
     """
     if sampling not in TYPE_SAMPLING:
         raise ConfigError(f"--type-sampling: expected one of {', '.join(TYPE_SAMPLING)}, got {sampling!r}")
-    base = {t: float(n if sampling == "size" else (1 if n else 0)) for t, n in sizes.items()}
+    if sampling == "adaptive":
+        base = {t: (abs(state.distance.get(t, 0.0)) + ADAPTIVE_FLOOR if n else 0.0) for t, n in sizes.items()}
+    else:
+        base = {t: float(n if sampling == "size" else (1 if n else 0)) for t, n in sizes.items()}
     active = {t: w for t, w in base.items() if not state.is_resting(t)}
     if not any(active.values()):
         return base

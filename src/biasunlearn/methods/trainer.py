@@ -133,7 +133,8 @@ def save_swap_state(folder: Path, state: SwapState, history: list[dict[str, Any]
     from biasunlearn.utils import atomic_write_json
 
     atomic_write_json(Path(folder) / "biasunlearn_state.json",
-                      {"swapped": state.swapped, "resting": state.resting, "history": history})
+                      {"swapped": state.swapped, "resting": state.resting, "distance": state.distance,
+                       "history": history})
 
 
 def load_swap_state(folder: Path) -> tuple[SwapState, list[dict[str, Any]]]:
@@ -141,4 +142,5 @@ def load_swap_state(folder: Path) -> tuple[SwapState, list[dict[str, Any]]]:
     if not p.is_file():
         return SwapState(), []
     d = json.loads(p.read_text())
-    return SwapState(dict(d.get("swapped", {})), dict(d.get("resting", {}))), list(d.get("history", []))
+    state = SwapState(dict(d.get("swapped", {})), dict(d.get("resting", {})), dict(d.get("distance", {})))
+    return state, list(d.get("history", []))
