@@ -67,9 +67,9 @@ def main() -> int:
         opt.step()
         sched.step()
         opt.zero_grad()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if step % 20 == 0 or step == args.steps - 1:
-            log.info("step %d loss %.3f (%.1f s)", step, float(loss), time.time() - t0)
+            log.info("step %d loss %.3f (%.1f s)", step, losses[-1], time.time() - t0)
     model.eval()
     record = {
         "base_model": base_info, "text": str(text_path),
