@@ -120,7 +120,7 @@ class TrainConfig:
     seed: int = 0
     learning_rate: float = 3e-4
     warmup_steps: int = 0
-    max_steps: int = 150
+    max_steps: int = 200
     n_forget: int = 4
     n_retain: int = 28
     n_kl: int = 8
@@ -144,11 +144,11 @@ class TrainConfig:
     control_signal: str = "soft_ss"
     control_every: int = 25
     control_threshold: float = 2.0
-    control_z: float = 1.0
+    control_z: float = 0.5
     control_tau: float = 0.1
     control_groups: str = "type"
     rest_balanced: bool = False
-    type_sampling: str = "balanced"
+    type_sampling: str = "adaptive"
     early_stop: bool = True
     keep_best: bool = True
     save_steps: int = 50
