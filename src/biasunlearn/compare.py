@@ -247,7 +247,8 @@ _RESUME_KEYS = ("model", "adapter", "method", "benchmarks", "split", "limit", "d
 
 def finished_evaluation(folder: Path, ecfg: Any) -> dict[str, Any] | None:
     """The results of an earlier evaluation in ``folder`` made with the same options as ``ecfg`` (model,
-    adapter, method, benchmarks, split, limit, dtype, merge, scoring), or None: a comparison resumed with
+    adapter, method, benchmarks, split, limit, dtype, merge, scoring, and the adapter's weight checksum, so
+    an adapter folder rewritten in place is evaluated again), or None: a comparison resumed with
     ``--resume`` recomputes only what is missing or was made differently."""
     p = folder / "results.json"
     if not p.is_file():
@@ -263,6 +264,16 @@ def finished_evaluation(folder: Path, ecfg: Any) -> dict[str, Any] | None:
     if not same:
         log.info("compare: %s was made with other options; evaluating again", p)
         return None
+    if ecfg.adapter:
+        from biasunlearn.evaluation import adapter_info
+
+        try:
+            now = adapter_info(ecfg.adapter)["sha256"]
+        except OSError:
+            now = None
+        if (res.get("adapter") or {}).get("sha256") != now:
+            log.info("compare: the adapter in %s changed since %s was made; evaluating again", ecfg.adapter, p)
+            return None
     return res
 
 

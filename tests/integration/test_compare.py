@@ -86,3 +86,12 @@ def test_compare_command_on_the_tiny_model(tiny_model_dir, fixture_data_dir, tmp
     evaluated.clear()
     assert main([*args[:8], "base", *args[9:], "--limit", "3"]) == 0
     assert evaluated == [str(out / "eval" / "base")]
+    # an adapter rewritten in place (same path, other weights) is evaluated again
+    from safetensors.torch import load_file, save_file
+
+    weights = out / "train" / "cda" / "adapter" / "adapter_model.safetensors"
+    save_file({k: v + 0.01 for k, v in load_file(str(weights)).items()}, str(weights))
+    evaluated.clear()
+    assert main(args) == 0
+    # base again too: its last evaluation was the --limit 3 one above
+    assert evaluated == [str(out / "eval" / "base"), str(out / "eval" / "cda")]
