@@ -149,11 +149,19 @@ def _reference_self_debias(model, tok, sd: SelfDebias, req: Request) -> float:
     return total
 
 
-def test_scores_equal_the_per_token_reference(mt):
+@pytest.mark.parametrize("cache_prefix", [True, False])
+def test_scores_equal_the_per_token_reference(mt, monkeypatch, cache_prefix):
+    import biasunlearn.baselines.self_debias as sd_mod
+
     model, tok = mt
+    # the first request is scored from its first token (its distribution is the prefix's last position)
     reqs = [Request("He is a nurse."), Request("Hi. She is.", 4)]
-    sd = SelfDebias(model, tok, bias_types=("gender", "religion"))
+    sd = SelfDebias(model, tok, bias_types=("gender", "religion"), cache_prefix=cache_prefix)
+    calls = []
+    real = sd_mod.forward_positions_after
+    monkeypatch.setattr(sd_mod, "forward_positions_after", lambda *a, **k: calls.append(1) or real(*a, **k))
     got = sd.sequence_logprobs(reqs, _cfg(batch_size=3, max_batch_tokens=200))
+    assert len(calls) == (2 if cache_prefix else 0)  # once per prefix and chunk when cached
     ref = np.array([_reference_self_debias(model, tok, sd, r) for r in reqs])
     np.testing.assert_allclose(got.sum_logprob, ref, rtol=0, atol=TOL)
     # The method changes the scores: not the plain ones.

@@ -29,11 +29,16 @@ Three entry points share :func:`self_debias_logprobs`:
 Where this may differ from the reference implementations: Schick's code left-pads the prefixes to a
 common length inside one batch (position ids computed from the mask, so it is equivalent up to float
 rounding) and has no start token; here each prefixed sequence is its own row, and the configured start
-token (``ScoringConfig.start_token``) comes first, as in the plain scoring of this project.
+token (``ScoringConfig.start_token``) comes first, as in the plain scoring of this project. When scoring,
+``[start] + prefix`` is run once per prefix and its key/value cache reused for every row (the same
+probabilities up to float rounding; ``cache_prefix=False`` runs every prefixed row whole).
 """
 
 from __future__ import annotations
 
+import copy
+import inspect
+import logging
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -51,6 +56,8 @@ from biasunlearn.scoring import (
     encode_requests,
     resolve_start_token_id,
 )
+
+log = logging.getLogger(__name__)
 
 #: Debiasing prefixes of Meade et al. (2022, ``bias_bench``), after Schick et al. (2021). Each is
 #: prepended (tokenized on its own) to the input; note the trailing space.
@@ -129,6 +136,57 @@ def forward_positions(
     return out  # type: ignore[return-value]
 
 
+def _unwrapped(model):
+    """The transformers model under a peft wrapper (whose forward takes ``**kwargs``)."""
+    get = getattr(model, "get_base_model", None)
+    return get() if callable(get) else model
+
+
+@torch.no_grad()
+def forward_positions_after(
+    model,
+    head: Sequence[int],
+    rows: Sequence[Sequence[int]],
+    wanted: Sequence[Sequence[int]],
+    pad_id: int,
+    batch_size: int = 64,
+    token_budget: int = 4096,
+) -> list[torch.Tensor]:
+    """Float32 logits at the ``wanted`` positions of ``head + row`` for every row, ``head`` run once.
+
+    ``wanted[i]`` indexes ``rows[i]``; ``-1`` is the last position of ``head`` (the distribution of the
+    row's first token). The head's key/value cache is computed once and repeated over each batch, so a
+    shared prefix (a Self-Debias prefix) costs one forward pass instead of one per row; the logits are
+    those of :func:`forward_positions` on the concatenated rows up to float rounding.
+    """
+    device = next(model.parameters()).device
+    first = model(input_ids=torch.tensor([list(head)], dtype=torch.long, device=device), use_cache=True)
+    # transformers renamed past_key_values to cache (argument and output); accept both
+    cache_arg = "cache" if "cache" in inspect.signature(_unwrapped(model).forward).parameters else "past_key_values"
+    cache = getattr(first, "cache", None) or first.past_key_values
+    head_last, n_head = first.logits[0, -1].float(), len(head)
+    out: list[torch.Tensor | None] = [None] * len(rows)
+    for bidx in _batches([len(r) for r in rows], batch_size, token_budget):
+        width = max(len(rows[i]) for i in bidx)
+        ids = torch.full((len(bidx), width), pad_id, dtype=torch.long)
+        attn = torch.zeros((len(bidx), n_head + width), dtype=torch.long)
+        attn[:, :n_head] = 1
+        for r, i in enumerate(bidx):
+            ids[r, : len(rows[i])] = torch.tensor(list(rows[i]), dtype=torch.long)
+            attn[r, n_head : n_head + len(rows[i])] = 1
+        past = copy.deepcopy(cache)
+        past.batch_repeat_interleave(len(bidx))
+        pos = (n_head + torch.arange(width)).expand(len(bidx), width)
+        logits = model(input_ids=ids.to(device), attention_mask=attn.to(device), position_ids=pos.to(device),
+                       use_cache=True, **{cache_arg: past}).logits
+        for r, i in enumerate(bidx):
+            idx = torch.as_tensor(list(wanted[i]), dtype=torch.long, device=device)
+            sel = logits[r, idx.clamp_min(0)].float()
+            out[i] = torch.where((idx < 0)[:, None], head_last[None, :], sel)
+        del logits, past
+    return out  # type: ignore[return-value]
+
+
 def chunk_by_load(order: Sequence[int], load: Callable[[int], int], budget: int) -> list[list[int]]:
     """Consecutive groups of ``order`` whose summed ``load`` stays within ``budget`` (a single item may exceed it)."""
     chunks: list[list[int]] = []
@@ -171,6 +229,9 @@ class SelfDebias:
         lam: decay constant ``lambda`` (0 turns the method off).
         eps: floor of the decay factor.
         prefixes: explicit prefix strings instead of ``bias_types``.
+        cache_prefix: run each ``[start] + prefix`` once and reuse its key/value cache for every scored
+            sequence (same scores up to float rounding, about half the compute); off, every prefixed
+            sequence is run whole.
     """
 
     def __init__(
@@ -181,6 +242,7 @@ class SelfDebias:
         lam: float = DEFAULT_LAMBDA,
         eps: float = DEFAULT_EPS,
         prefixes: Sequence[str] | None = None,
+        cache_prefix: bool = True,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -189,6 +251,7 @@ class SelfDebias:
         self_debias_logprobs(torch.zeros(1), [], self.lam, self.eps)  # validates lam and eps
         self.prefixes = _prefixes_for(bias_types, prefixes)
         self.prefix_ids = [tokenizer.encode(p, add_special_tokens=False) for p in self.prefixes]
+        self.cache_prefix = cache_prefix
 
     @torch.inference_mode()
     def sequence_logprobs(
@@ -218,21 +281,16 @@ class SelfDebias:
             for chunk in chunks:
                 scored = [i for i in chunk if encoded[i].first_scored < len(encoded[i].ids)]
                 if scored:
-                    rows, wanted = [], []
-                    for i in scored:
-                        e = encoded[i]
-                        plain_pos = list(range(e.first_scored - 1, len(e.ids) - 1))
-                        rows.append(e.ids)
-                        wanted.append(plain_pos)
-                        for pre in self.prefix_ids:
-                            rows.append([e.ids[0], *pre, *e.ids[1:]])
-                            wanted.append([j + len(pre) for j in plain_pos])
-                    logits = forward_positions(self.model, rows, wanted, pad_id, cfg.batch_size, budget)
-                    plain = torch.cat([logits[r * n_views] for r in range(len(scored))])
-                    biased = [
-                        torch.cat([logits[r * n_views + 1 + k] for r in range(len(scored))])
-                        for k in range(len(self.prefix_ids))
-                    ]
+                    plain_pos = [list(range(encoded[i].first_scored - 1, len(encoded[i].ids) - 1)) for i in scored]
+                    rows = [encoded[i].ids for i in scored]
+                    plain = torch.cat(forward_positions(self.model, rows, plain_pos, pad_id, cfg.batch_size, budget))
+                    biased = []
+                    for pre in self.prefix_ids:
+                        # [start] + prefix + text: the start and prefix are run once (cached), the text
+                        # (the row without its start token) per row; position p of the plain row is
+                        # position p - 1 of the text part (-1 = the prefix's last position).
+                        lg = self._prefixed_logits(rows, plain_pos, pre, pad_id, cfg.batch_size, budget)
+                        biased.append(torch.cat(lg))
                     logp = self_debias_logprobs(plain, biased, self.lam, self.eps)
                     targets = torch.tensor(
                         [t for i in scored for t in encoded[i].ids[encoded[i].first_scored :]], device=logp.device
@@ -246,6 +304,24 @@ class SelfDebias:
                 bar.update(len(chunk))
         sums[:] = sums_t.numpy()
         return SequenceLogProbs(sums, counts)
+
+    def _prefixed_logits(
+        self, rows: list[list[int]], plain_pos: list[list[int]], prefix: list[int], pad_id: int, batch_size: int,
+        budget: int,
+    ) -> list[torch.Tensor]:
+        """Logits of ``[start] + prefix + row[1:]`` at the positions lined up with ``plain_pos`` of ``row``."""
+        if self.cache_prefix:
+            try:
+                return forward_positions_after(self.model, [rows[0][0], *prefix], [r[1:] for r in rows],
+                                               [[j - 1 for j in pos] for pos in plain_pos], pad_id, batch_size,
+                                               budget)
+            except (AttributeError, TypeError, NotImplementedError, RuntimeError) as e:
+                log.warning("self-debias: the prefix cache is not supported by this model (%s); running the "
+                            "prefixed sequences whole", e)
+                self.cache_prefix = False
+        full = [[r[0], *prefix, *r[1:]] for r in rows]
+        return forward_positions(self.model, full, [[j + len(prefix) for j in pos] for pos in plain_pos], pad_id,
+                                 batch_size, budget)
 
     def logits_processor(self, start_token: str = "") -> SelfDebiasLogitsProcessor:
         """A :class:`SelfDebiasLogitsProcessor` with this scorer's prefixes and constants.
