@@ -76,6 +76,9 @@ class TrainConfig:
             weighs the same) instead of per token (long intersentence candidates dominate).
         loss_region: intrasentence loss region: from_blank, blank_only or sentence.
         tasks: StereoSet tasks to train on (comma-separated).
+        protect_words: comma-separated bias types (gender, race, religion) whose word lists are left out of
+            the loss regions of the other types' sentences (e.g. gender: debiasing profession does not shift
+            he/she in general); empty = off (the paper's losses).
         max_length: longest training sequence in tokens.
         pack_sequences: pack each step's sequences into rows with block-diagonal attention instead of
             padding them (same result, a fraction of the compute; turn off for models that reject 4D masks).
@@ -133,6 +136,7 @@ class TrainConfig:
     normalize_retain: bool = True
     loss_region: str = "blank_only"
     tasks: str = "intrasentence,intersentence"
+    protect_words: str = ""
     max_length: int = 128
     pack_sequences: bool = True
     lora_r: int = 8
@@ -164,6 +168,10 @@ class TrainConfig:
         METHODS.get(self.method)
         if self.preset and self.preset not in PRESETS:
             raise ConfigError(f"--preset: unknown preset {self.preset!r}; available: {', '.join(PRESETS)}")
+        if self.protect_words:
+            from biasunlearn.methods.data import protected_wordlists
+
+            protected_wordlists(self.protect_words)
         if self.loss_region not in REGIONS:
             raise ConfigError(f"--loss-region: expected one of {', '.join(REGIONS)}, got {self.loss_region!r}")
         if self.learning_rate <= 0:
@@ -235,7 +243,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info("LoRA r=%d on %s: %d trainable parameters", cfg.lora_r, ",".join(targets), n_trainable)
 
-    pools = build_pools(splits.train, cfg.loss_region, tasks, cfg.control_groups)
+    pools = build_pools(splits.train, cfg.loss_region, tasks, cfg.control_groups, cfg.protect_words)
     swap = SwapState()
     history: list[dict[str, Any]] = []
     ckpt_dir = out / "checkpoints"

@@ -700,3 +700,56 @@ def test_groups_by_type_and_task():
     assert list(pools.stereo) == ["gender/intersentence", "race/intrasentence"]  # bias-type order
     with pytest.raises(ConfigError, match="--control-groups"):
         group_key(intra, "task")
+
+
+# --------------------------------------------------------------------------------------------------
+# protected words (--protect-words)
+# --------------------------------------------------------------------------------------------------
+
+
+def _protect_examples() -> list[StereoExample]:
+    return [
+        # profession, intersentence: he/she cut out of the candidate, the rest kept
+        _ex("pi", "intersentence", "The engineer came in.", "He was good at math.", "She was good at math.",
+            "Cats purr.", "profession"),
+        # profession, intrasentence whose blank is a gendered word: nothing else to learn from -> dropped
+        _ex("pd", "intrasentence", "The nurse is a BLANK.", "The nurse is a woman.", "The nurse is a man.",
+            "The nurse is a cloud.", "profession"),
+        # gender: its own words stay in the loss
+        _ex("gi", "intersentence", "My sister came.", "She likes dolls.", "She likes trucks.", "Rain.", "gender"),
+    ]
+
+
+def test_protect_cuts_gendered_words_out_of_other_types(byte_tok):
+    from biasunlearn.methods.data import protect, protected_wordlists
+
+    pools = build_pools(_protect_examples(), region="blank_only", protect_words="gender")
+    assert pools.counts() == {"gender": {"stereotype": 1, "anti-stereotype": 1},
+                              "profession": {"stereotype": 1, "anti-stereotype": 1}}
+    st, an = pools.stereo["profession"][0], pools.anti["profession"][0]
+    assert [st.text[a:b] for a, b in st.exclude] == ["He"] and [an.text[a:b] for a, b in an.exclude] == ["She"]
+    assert pools.stereo["gender"][0].exclude == () and pools.anti["gender"][0].exclude == ()
+    # the unrelated sentences are kept for every example, the dropped one included
+    assert len(pools.unrelated) == 3
+    # the loss mask skips exactly the tokens of the excluded word (byte tokens: one per character)
+    enc = encode_item(byte_tok, st, start_id=0)
+    scored = byte_tok.decode([t for t, m in zip(enc.input_ids, enc.loss_mask, strict=True) if m])
+    assert scored == " was good at math."
+    # without protection the same item scores the whole candidate
+    plain = build_pools(_protect_examples(), region="blank_only").stereo["profession"][0]
+    enc0 = encode_item(byte_tok, plain, start_id=0)
+    assert byte_tok.decode([t for t, m in zip(enc0.input_ids, enc0.loss_mask, strict=True) if m]) == (
+        "He was good at math.")
+    # protect() on its own: only words inside the region count; an all-gendered region gives None
+    wl = protected_wordlists("gender")["gender"]
+    item = TrainItem("He said: she", 9, 12, "race", "stereotype", "x", "intrasentence")
+    assert protect(item, wl) is None
+    item2 = TrainItem("He said: she ran", 9, 16, "race", "stereotype", "x", "intrasentence")
+    assert protect(item2, wl).exclude == ((9, 12),)
+
+
+def test_protect_words_bad_name():
+    with pytest.raises(ConfigError, match="--protect-words"):
+        build_pools(_protect_examples(), protect_words="profession")
+    with pytest.raises(ConfigError, match="--protect-words"):
+        build_pools(_protect_examples(), protect_words="gender,nonsense")

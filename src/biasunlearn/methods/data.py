@@ -16,6 +16,12 @@ candidate after its context; for intrasentence examples the tokens from the fill
 the same in all three sentences), or the whole sentence (``"sentence"``). Regions are character spans;
 a token is in the region when its character span overlaps it, so a region that starts inside a token
 (e.g. a blank filled right after a quote) still includes that token.
+
+*Protected words* (``protect_words``, off by default): the words of a bias type's word list (the CAFIE
+lists: ``gender`` = he/she, man/woman, ...) are cut out of the loss regions of the *other* bias types'
+sentences. The profession stereotypes of StereoSet carry more male words than their anti-stereotypes,
+so forgetting the one and retaining the other otherwise shifts the model toward female words in
+general, which CrowS-Pairs gender reads as a stereotype (see ``scripts/crows_gender_words.py``).
 """
 
 from __future__ import annotations
@@ -56,6 +62,8 @@ class TrainItem:
     label: str
     example_id: str
     task: str
+    #: character spans inside the region left out of the loss (protected words)
+    exclude: tuple[tuple[int, int], ...] = ()
 
 
 def _common_prefix(a: str, b: str) -> int:
@@ -105,19 +113,66 @@ class Pools:
                 for t in self.stereo}
 
 
+def protect(item: TrainItem, wordlist) -> TrainItem | None:
+    """``item`` with the words of ``wordlist`` inside its region excluded from the loss, or None when
+    nothing but those words (and spaces or punctuation) is left of the region."""
+    spans = tuple((m.start, m.end) for m in wordlist.find(item.text)
+                  if m.end > item.loss_from and m.start < item.loss_to)
+    if not spans:
+        return item
+    kept = list(item.text[item.loss_from:item.loss_to])
+    for a, b in spans:
+        for k in range(max(a, item.loss_from), min(b, item.loss_to)):
+            kept[k - item.loss_from] = " "
+    if not any(c.isalnum() for c in kept):
+        return None
+    return TrainItem(item.text, item.loss_from, item.loss_to, item.bias_type, item.label, item.example_id, item.task,
+                     spans)
+
+
+def protected_wordlists(protect_words: str) -> dict[str, object]:
+    from biasunlearn.baselines.cafie import load_wordlist
+
+    out = {}
+    for name in (w.strip() for w in protect_words.split(",") if w.strip()):
+        if name not in BIAS_TYPES or name == "profession":
+            raise ConfigError(f"--protect-words: expected bias types with a word list (gender, race, religion), "
+                              f"got {name!r}")
+        out[name] = load_wordlist(name)
+    return out
+
+
 def build_pools(examples: Sequence[StereoExample], region: str = "from_blank",
-                tasks: Sequence[str] = ("intrasentence", "intersentence"), grouping: str = "type") -> Pools:
-    """Per-group pools (groups: :func:`group_key`), in bias-type order."""
+                tasks: Sequence[str] = ("intrasentence", "intersentence"), grouping: str = "type",
+                protect_words: str = "") -> Pools:
+    """Per-group pools (groups: :func:`group_key`), in bias-type order.
+
+    ``protect_words``: comma-separated bias types (gender, race, religion) whose word lists are cut out
+    of the loss regions of the other types' stereotype and anti-stereotype sentences (see the module
+    docstring); an example left with nothing to learn from in either sentence is dropped."""
+    lists = protected_wordlists(protect_words)
     stereo: dict[str, list[TrainItem]] = {}
     anti: dict[str, list[TrainItem]] = {}
     unrelated: list[TrainItem] = []
+    n_protected = n_dropped = 0
     for ex in examples:
         if ex.task not in tasks:
             continue
         key = group_key(ex, grouping)
-        stereo.setdefault(key, []).append(loss_region(ex, "stereotype", region))
-        anti.setdefault(key, []).append(loss_region(ex, "anti-stereotype", region))
+        pair: list[TrainItem | None] = [loss_region(ex, label, region) for label in ("stereotype", "anti-stereotype")]
+        for own, wl in lists.items():
+            if ex.bias_type != own:
+                pair = [protect(it, wl) if it is not None else None for it in pair]
+        if None in pair:
+            n_dropped += 1
+        else:
+            n_protected += any(it.exclude for it in pair)  # type: ignore[union-attr]
+            stereo.setdefault(key, []).append(pair[0])  # type: ignore[arg-type]
+            anti.setdefault(key, []).append(pair[1])  # type: ignore[arg-type]
         unrelated.append(loss_region(ex, "unrelated", region))
+    if lists:
+        log.info("protected words (%s): cut out of %d example(s); %d example(s) with nothing else to learn "
+                 "from dropped", ",".join(lists), n_protected, n_dropped)
     if not stereo:
         raise ConfigError("the train split has no examples for the selected --tasks")
     order = sorted(stereo, key=lambda k: (BIAS_TYPES.index(k.split("/")[0]) if k.split("/")[0] in BIAS_TYPES
@@ -192,7 +247,8 @@ def encode_item(tokenizer, item: TrainItem, start_id: int, max_length: int = 128
     """Tokens (after the start token) and the mask of those in the item's loss region."""
     enc = tokenizer(item.text, add_special_tokens=False, return_offsets_mapping=True)
     ids = [start_id, *enc["input_ids"]][:max_length]
-    mask = [False] + [e > item.loss_from and s < item.loss_to for s, e in enc["offset_mapping"]]
+    mask = [False] + [e > item.loss_from and s < item.loss_to and not any(e > a and s < b for a, b in item.exclude)
+                      for s, e in enc["offset_mapping"]]
     return Encoded(ids, mask[: len(ids)])
 
 
