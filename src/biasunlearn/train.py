@@ -77,8 +77,8 @@ class TrainConfig:
         loss_region: intrasentence loss region: from_blank, blank_only or sentence.
         tasks: StereoSet tasks to train on (comma-separated).
         protect_words: comma-separated bias types (gender, race, religion) whose word lists are left out of
-            the loss regions of the other types' sentences (e.g. gender: debiasing profession does not shift
-            he/she in general); empty = off (the paper's losses).
+            the loss regions of the other types' sentences (gender: debiasing profession cannot move he/she
+            directly); empty = off (the paper's losses).
         max_length: longest training sequence in tokens.
         pack_sequences: pack each step's sequences into rows with block-diagonal attention instead of
             padding them (same result, a fraction of the compute; turn off for models that reject 4D masks).
