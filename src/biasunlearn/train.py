@@ -79,6 +79,8 @@ class TrainConfig:
         protect_words: comma-separated bias types (gender, race, religion) whose word lists are left out of
             the loss regions of the other types' sentences (gender: debiasing profession cannot move he/she
             directly); empty = off (the paper's losses).
+        protect_scope: other (the protected words are cut out of the other bias types' sentences) or all
+            (of every type's, the word list's own type included).
         max_length: longest training sequence in tokens.
         pack_sequences: pack each step's sequences into rows with block-diagonal attention instead of
             padding them (same result, a fraction of the compute; turn off for models that reject 4D masks).
@@ -137,6 +139,7 @@ class TrainConfig:
     loss_region: str = "blank_only"
     tasks: str = "intrasentence,intersentence"
     protect_words: str = ""
+    protect_scope: str = "other"
     max_length: int = 128
     pack_sequences: bool = True
     lora_r: int = 8
@@ -169,9 +172,12 @@ class TrainConfig:
         if self.preset and self.preset not in PRESETS:
             raise ConfigError(f"--preset: unknown preset {self.preset!r}; available: {', '.join(PRESETS)}")
         if self.protect_words:
-            from biasunlearn.methods.data import protected_wordlists
+            from biasunlearn.methods.data import PROTECT_SCOPES, protected_wordlists
 
             protected_wordlists(self.protect_words)
+            if self.protect_scope not in PROTECT_SCOPES:
+                raise ConfigError(f"--protect-scope: expected one of {', '.join(PROTECT_SCOPES)}, "
+                                  f"got {self.protect_scope!r}")
         if self.loss_region not in REGIONS:
             raise ConfigError(f"--loss-region: expected one of {', '.join(REGIONS)}, got {self.loss_region!r}")
         if self.learning_rate <= 0:
@@ -243,7 +249,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info("LoRA r=%d on %s: %d trainable parameters", cfg.lora_r, ",".join(targets), n_trainable)
 
-    pools = build_pools(splits.train, cfg.loss_region, tasks, cfg.control_groups, cfg.protect_words)
+    pools = build_pools(splits.train, cfg.loss_region, tasks, cfg.control_groups, cfg.protect_words,
+                        cfg.protect_scope)
     swap = SwapState()
     history: list[dict[str, Any]] = []
     ckpt_dir = out / "checkpoints"

@@ -748,6 +748,18 @@ def test_protect_cuts_gendered_words_out_of_other_types(byte_tok):
     assert protect(item2, wl).exclude == ((9, 12),)
 
 
+def test_protect_scope_all_includes_the_lists_own_type():
+    pools = build_pools(_protect_examples(), region="blank_only", protect_words="gender", protect_scope="all")
+    g_st, g_an = pools.stereo["gender"][0], pools.anti["gender"][0]
+    assert [g_st.text[a:b] for a, b in g_st.exclude] == ["She"] == [g_an.text[a:b] for a, b in g_an.exclude]
+    assert _region(g_st) == "She likes dolls."  # the region itself is unchanged; the word is excluded
+    # the other types are protected as with scope "other"
+    st = pools.stereo["profession"][0]
+    assert [st.text[a:b] for a, b in st.exclude] == ["He"]
+    with pytest.raises(ConfigError, match="--protect-scope"):
+        build_pools(_protect_examples(), protect_words="gender", protect_scope="some")
+
+
 def test_protect_words_bad_name():
     with pytest.raises(ConfigError, match="--protect-words"):
         build_pools(_protect_examples(), protect_words="profession")

@@ -19,7 +19,8 @@ a token is in the region when its character span overlaps it, so a region that s
 
 *Protected words* (``protect_words``, off by default): the words of a bias type's word list (the CAFIE
 lists: ``gender`` = he/she, man/woman, ...) are cut out of the loss regions of the *other* bias types'
-sentences, so that debiasing those types cannot move the gendered words' probabilities directly. The
+sentences (``protect_scope="all"``: of every type's sentences, the list's own type included), so that
+debiasing cannot move the gendered words' probabilities directly. The
 profession stereotypes of StereoSet carry more male words than their anti-stereotypes; this option tests
 whether that drives the general shift toward female words that CrowS-Pairs gender reads as a stereotype
 (``scripts/crows_gender_words.py``). Measured on the built-in model (sweep exp10), it does not remove it.
@@ -143,14 +144,20 @@ def protected_wordlists(protect_words: str) -> dict[str, object]:
     return out
 
 
+PROTECT_SCOPES = ("other", "all")
+
+
 def build_pools(examples: Sequence[StereoExample], region: str = "from_blank",
                 tasks: Sequence[str] = ("intrasentence", "intersentence"), grouping: str = "type",
-                protect_words: str = "") -> Pools:
+                protect_words: str = "", protect_scope: str = "other") -> Pools:
     """Per-group pools (groups: :func:`group_key`), in bias-type order.
 
     ``protect_words``: comma-separated bias types (gender, race, religion) whose word lists are cut out
-    of the loss regions of the other types' stereotype and anti-stereotype sentences (see the module
+    of the loss regions of the stereotype and anti-stereotype sentences of the other bias types
+    (``protect_scope="other"``) or of every type, the list's own included (``"all"``; see the module
     docstring); an example left with nothing to learn from in either sentence is dropped."""
+    if protect_scope not in PROTECT_SCOPES:
+        raise ConfigError(f"--protect-scope: expected one of {', '.join(PROTECT_SCOPES)}, got {protect_scope!r}")
     lists = protected_wordlists(protect_words)
     stereo: dict[str, list[TrainItem]] = {}
     anti: dict[str, list[TrainItem]] = {}
@@ -162,7 +169,7 @@ def build_pools(examples: Sequence[StereoExample], region: str = "from_blank",
         key = group_key(ex, grouping)
         pair: list[TrainItem | None] = [loss_region(ex, label, region) for label in ("stereotype", "anti-stereotype")]
         for own, wl in lists.items():
-            if ex.bias_type != own:
+            if ex.bias_type != own or protect_scope == "all":
                 pair = [protect(it, wl) if it is not None else None for it in pair]
         if None in pair:
             n_dropped += 1
