@@ -58,6 +58,10 @@ def test_train_refuses_existing_adapter_and_bad_options(tiny_model_dir, fixture_
         _cfg(tiny_model_dir, fixture_data_dir, out, method="nope")
     with pytest.raises(ConfigError, match="--loss-region"):
         _cfg(tiny_model_dir, fixture_data_dir, out, loss_region="middle")
+    with pytest.raises(ConfigError, match="--protect-words"):
+        _cfg(tiny_model_dir, fixture_data_dir, out, protect_words="profession")
+    with pytest.raises(ConfigError, match="--protect-scope"):
+        _cfg(tiny_model_dir, fixture_data_dir, out, protect_words="gender", protect_scope="some")
 
 
 def test_resume_continues_from_checkpoint(tiny_model_dir, fixture_data_dir, tmp_path):
