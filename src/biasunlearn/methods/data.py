@@ -23,7 +23,8 @@ sentences (``protect_scope="all"``: of every type's sentences, the list's own ty
 debiasing cannot move the gendered words' probabilities directly. The
 profession stereotypes of StereoSet carry more male words than their anti-stereotypes; this option tests
 whether that drives the general shift toward female words that CrowS-Pairs gender reads as a stereotype
-(``scripts/crows_gender_words.py``). Measured on the built-in model (sweep exp10), it does not remove it.
+(``scripts/crows_gender_words.py``). Measured on the built-in model: scope ``other`` does not remove it
+(sweep exp10), scope ``all`` weakens it (exp11).
 """
 
 from __future__ import annotations
