@@ -105,6 +105,17 @@ def self_debias_logprobs(
     return scaled - torch.logsumexp(scaled, dim=-1, keepdim=True)
 
 
+def _right_padded(rows: Sequence[Sequence[int]], bidx: Sequence[int], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(input_ids, attention_mask)`` of ``rows[i]`` for ``i`` in ``bidx``, right-padded to the longest."""
+    width = max(len(rows[i]) for i in bidx)
+    ids = torch.full((len(bidx), width), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(bidx), width), dtype=torch.long)
+    for r, i in enumerate(bidx):
+        ids[r, : len(rows[i])] = torch.tensor(list(rows[i]), dtype=torch.long)
+        attn[r, : len(rows[i])] = 1
+    return ids, attn
+
+
 @torch.no_grad()
 def forward_positions(
     model,
@@ -122,12 +133,8 @@ def forward_positions(
     device = next(model.parameters()).device
     out: list[torch.Tensor | None] = [None] * len(rows)
     for bidx in _batches([len(r) for r in rows], batch_size, token_budget):
-        width = max(len(rows[i]) for i in bidx)
-        ids = torch.full((len(bidx), width), pad_id, dtype=torch.long)
-        attn = torch.zeros((len(bidx), width), dtype=torch.long)
-        for r, i in enumerate(bidx):
-            ids[r, : len(rows[i])] = torch.tensor(list(rows[i]), dtype=torch.long)
-            attn[r, : len(rows[i])] = 1
+        ids, attn = _right_padded(rows, bidx, pad_id)
+        width = ids.shape[1]
         pos = torch.arange(width).expand(len(bidx), width)
         logits = model(input_ids=ids.to(device), attention_mask=attn.to(device), position_ids=pos.to(device)).logits
         for r, i in enumerate(bidx):
@@ -163,17 +170,15 @@ def forward_positions_after(
     first = model(input_ids=torch.tensor([list(head)], dtype=torch.long, device=device), use_cache=True)
     # transformers renamed past_key_values to cache (argument and output); accept both
     cache_arg = "cache" if "cache" in inspect.signature(_unwrapped(model).forward).parameters else "past_key_values"
-    cache = getattr(first, "cache", None) or first.past_key_values
+    cache = getattr(first, "cache", None)
+    if cache is None:
+        cache = first.past_key_values
     head_last, n_head = first.logits[0, -1].float(), len(head)
     out: list[torch.Tensor | None] = [None] * len(rows)
     for bidx in _batches([len(r) for r in rows], batch_size, token_budget):
-        width = max(len(rows[i]) for i in bidx)
-        ids = torch.full((len(bidx), width), pad_id, dtype=torch.long)
-        attn = torch.zeros((len(bidx), n_head + width), dtype=torch.long)
-        attn[:, :n_head] = 1
-        for r, i in enumerate(bidx):
-            ids[r, : len(rows[i])] = torch.tensor(list(rows[i]), dtype=torch.long)
-            attn[r, n_head : n_head + len(rows[i])] = 1
+        ids, attn = _right_padded(rows, bidx, pad_id)
+        width = ids.shape[1]
+        attn = torch.cat([torch.ones((len(bidx), n_head), dtype=torch.long), attn], dim=1)  # the head is attended
         past = copy.deepcopy(cache)
         past.batch_repeat_interleave(len(bidx))
         pos = (n_head + torch.arange(width)).expand(len(bidx), width)
