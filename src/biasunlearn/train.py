@@ -172,12 +172,9 @@ class TrainConfig:
         if self.preset and self.preset not in PRESETS:
             raise ConfigError(f"--preset: unknown preset {self.preset!r}; available: {', '.join(PRESETS)}")
         if self.protect_words:
-            from biasunlearn.methods.data import PROTECT_SCOPES, protected_wordlists
+            from biasunlearn.methods.data import protected_wordlists
 
-            protected_wordlists(self.protect_words)
-            if self.protect_scope not in PROTECT_SCOPES:
-                raise ConfigError(f"--protect-scope: expected one of {', '.join(PROTECT_SCOPES)}, "
-                                  f"got {self.protect_scope!r}")
+            protected_wordlists(self.protect_words, self.protect_scope)
         if self.loss_region not in REGIONS:
             raise ConfigError(f"--loss-region: expected one of {', '.join(REGIONS)}, got {self.loss_region!r}")
         if self.learning_rate <= 0:

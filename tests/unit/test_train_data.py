@@ -746,6 +746,14 @@ def test_protect_cuts_gendered_words_out_of_other_types(byte_tok):
     assert protect(item, wl) is None
     item2 = TrainItem("He said: she ran", 9, 16, "race", "stereotype", "x", "intrasentence")
     assert protect(item2, wl).exclude == ((9, 12),)
+    # a second list adds its words to those already excluded
+    both = protect(protect(TrainItem("She is Muslim, he said", 0, 22, "profession", "stereotype", "y",
+                                     "intersentence"), wl), protected_wordlists("religion")["religion"])
+    assert [both.text[a:b] for a, b in both.exclude] == ["She", "Muslim", "he"]
+    assert protect(TrainItem("she muslim", 0, 10, "race", "stereotype", "z", "intrasentence"),
+                   protected_wordlists("gender,religion")["gender"]) is not None
+    only = TrainItem("she muslim", 0, 10, "race", "stereotype", "z", "intrasentence")
+    assert protect(protect(only, wl), protected_wordlists("religion")["religion"]) is None
 
 
 def test_protect_scope_all_includes_the_lists_own_type():

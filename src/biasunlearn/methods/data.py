@@ -117,12 +117,13 @@ class Pools:
 
 
 def protect(item: TrainItem, wordlist) -> TrainItem | None:
-    """``item`` with the words of ``wordlist`` inside its region excluded from the loss, or None when
-    nothing but those words (and spaces or punctuation) is left of the region."""
-    spans = tuple((m.start, m.end) for m in wordlist.find(item.text)
-                  if m.end > item.loss_from and m.start < item.loss_to)
-    if not spans:
+    """``item`` with the words of ``wordlist`` inside its region excluded from the loss (added to any spans
+    already excluded), or None when nothing but excluded words (and spaces or punctuation) is left of the
+    region."""
+    new = [(m.start, m.end) for m in wordlist.find(item.text) if m.end > item.loss_from and m.start < item.loss_to]
+    if not new:
         return item
+    spans = tuple(sorted({*item.exclude, *new}))
     kept = list(item.text[item.loss_from:item.loss_to])
     for a, b in spans:
         for k in range(max(a, item.loss_from), min(b, item.loss_to)):
@@ -133,9 +134,15 @@ def protect(item: TrainItem, wordlist) -> TrainItem | None:
                      spans)
 
 
-def protected_wordlists(protect_words: str) -> dict[str, object]:
+PROTECT_SCOPES = ("other", "all")
+
+
+def protected_wordlists(protect_words: str, protect_scope: str = "other") -> dict[str, object]:
+    """``{bias type: word list}`` of ``--protect-words``, after checking it and ``--protect-scope``."""
     from biasunlearn.baselines.cafie import load_wordlist
 
+    if protect_scope not in PROTECT_SCOPES:
+        raise ConfigError(f"--protect-scope: expected one of {', '.join(PROTECT_SCOPES)}, got {protect_scope!r}")
     out = {}
     for name in (w.strip() for w in protect_words.split(",") if w.strip()):
         if name not in BIAS_TYPES or name == "profession":
@@ -143,9 +150,6 @@ def protected_wordlists(protect_words: str) -> dict[str, object]:
                               f"got {name!r}")
         out[name] = load_wordlist(name)
     return out
-
-
-PROTECT_SCOPES = ("other", "all")
 
 
 def build_pools(examples: Sequence[StereoExample], region: str = "from_blank",
@@ -157,9 +161,7 @@ def build_pools(examples: Sequence[StereoExample], region: str = "from_blank",
     of the loss regions of the stereotype and anti-stereotype sentences of the other bias types
     (``protect_scope="other"``) or of every type, the list's own included (``"all"``; see the module
     docstring); an example left with nothing to learn from in either sentence is dropped."""
-    if protect_scope not in PROTECT_SCOPES:
-        raise ConfigError(f"--protect-scope: expected one of {', '.join(PROTECT_SCOPES)}, got {protect_scope!r}")
-    lists = protected_wordlists(protect_words)
+    lists = protected_wordlists(protect_words, protect_scope)
     stereo: dict[str, list[TrainItem]] = {}
     anti: dict[str, list[TrainItem]] = {}
     unrelated: list[TrainItem] = []
