@@ -4,12 +4,16 @@
 weight checksums), data files with sha256, split, limit, seed, scoring options and package versions.
 Each benchmark's per-item scores go to ``<benchmark>_predictions.json``; for StereoSet that file is
 in the official predictions format, so StereoSet's own evaluator, given the same gold file
-(``dev.json`` for the report split), reproduces the numbers. All files are written atomically.
+(``dev.json`` for the report split), reproduces the numbers. All files are written atomically. While it
+runs, the finished sentence scores are kept in ``<out>/partial/`` (see :mod:`biasunlearn.partial`), so an
+evaluation killed midway continues where it stopped when run again with the same options; the folder is
+removed once ``results.json`` is written.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -21,6 +25,7 @@ from biasunlearn.data.paths import resolve_data_dir
 from biasunlearn.data.splits import SPLIT_NAMES
 from biasunlearn.errors import ConfigError, ModelError
 from biasunlearn.models import DEFAULT_MODEL, load_model_and_tokenizer, model_info
+from biasunlearn.partial import ResumableScorer
 from biasunlearn.scoring import ScoringConfig
 from biasunlearn.utils import atomic_write_json, package_versions, sha256_file
 
@@ -169,6 +174,13 @@ def evaluate(
         "benchmarks": {},
         "timing_s": {"load": round(load_s, 2)},
     }
+    if cfg.out and resolved is not None:
+        # Long scorings keep their finished chunks in out/partial and continue after a kill. Only for a
+        # model loaded here: its weights' checksum is known (an in-memory model's weights are not).
+        opts = {k: v for k, v in results["config"].items() if k not in ("benchmarks", "limit", "out")}
+        fingerprint = {"version": results["biasunlearn_version"], "model": results["model"],
+                       "adapter": results["adapter"], "options": opts}
+        ctx.score_fn = ResumableScorer(ctx.score_fn, Path(cfg.out) / "partial", fingerprint)
     predictions: dict[str, Any] = {}
     for name in names:
         t = time.time()
@@ -184,5 +196,6 @@ def evaluate(
         for name, pred in predictions.items():
             atomic_write_json(out / f"{name}_predictions.json", pred)
         atomic_write_json(out / "results.json", results)  # last: its presence means the run finished
+        shutil.rmtree(out / "partial", ignore_errors=True)
         log.info("wrote %s", out / "results.json")
     return results

@@ -129,3 +129,48 @@ def test_python_api_takes_a_model_spec(tiny_model_dir, fixture_data_dir, tmp_pat
                                out=str(tmp_path / "api"))
     assert res["benchmarks"]["stereoset"]["metrics"]["both"]["overall"]["Count"] == 8
     assert (tmp_path / "api" / "results.json").is_file()
+
+
+def test_killed_eval_resumes_from_its_partial_scores(tiny_model_dir, fixture_data_dir, tmp_path, capsys,
+                                                     monkeypatch):
+    import biasunlearn.benchmarks as bm
+    import biasunlearn.partial as partial
+
+    args = ["-q", "eval", "--model", str(tiny_model_dir), "--data-dir", str(fixture_data_dir), "--benchmarks",
+            "stereoset,crows_pairs", "--no-progress"]
+    assert _run([*args, "--out", str(tmp_path / "whole")], capsys)[0] == 0
+    whole = json.loads((tmp_path / "whole" / "results.json").read_text())
+    assert not (tmp_path / "whole" / "partial").exists()  # removed once results.json is written
+
+    monkeypatch.setattr(partial, "DEFAULT_CHUNK", 4)
+    real = bm.sequence_logprobs
+    calls: list[str] = []
+    kill = [True]
+
+    def killed_in_crows(model, tok, reqs, cfg, desc):
+        if kill[0] and desc.startswith("CrowS-Pairs") and sum(c.startswith("CrowS-Pairs") for c in calls) == 2:
+            kill[0] = False
+            raise KeyboardInterrupt
+        calls.append(desc)
+        return real(model, tok, reqs, cfg, desc=desc)
+
+    monkeypatch.setattr(bm, "sequence_logprobs", killed_in_crows)
+    out = tmp_path / "killed"
+    code, _, err = _run([*args, "--out", str(out)], capsys)
+    assert code != 0 and "interrupted" in err
+    assert not (out / "results.json").exists()
+    files = {f.name.split("-")[0]: json.loads(f.read_text()) for f in (out / "partial").glob("*.json")}
+    assert set(files) == {"stereoset", "crows_pairs"}
+    assert files["stereoset"]["done"] == files["stereoset"]["n_requests"] and files["crows_pairs"]["done"] == 8
+    n_before = len(calls)
+    assert _run([*args, "--out", str(out)], capsys)[0] == 0
+    resumed = calls[n_before:]
+    assert resumed and all(c.startswith("CrowS-Pairs") for c in resumed)  # StereoSet not scored again
+    assert resumed[0].startswith("CrowS-Pairs 8-")  # nor the two finished CrowS-Pairs chunks
+    got = json.loads((out / "results.json").read_text())
+    for name in ("stereoset", "crows_pairs"):
+        assert got["benchmarks"][name]["metrics"] == whole["benchmarks"][name]["metrics"]
+    pred = [json.loads((d / "stereoset_predictions.json").read_text()) for d in (out, tmp_path / "whole")]
+    scores = [[p["score"] for task in sorted(x) for p in x[task]] for x in pred]
+    assert scores[0] == pytest.approx(scores[1], abs=1e-5)
+    assert not (out / "partial").exists()
