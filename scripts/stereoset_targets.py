@@ -1,0 +1,68 @@
+"""SS per StereoSet target before and after: which targets of a bias type move and which do not.
+
+Reads two ``stereoset_predictions.json`` files of ``biasunlearn eval`` (the official predictions format)
+and the gold file they were scored on, and prints a Markdown table with, for every target of the chosen
+bias type (both tasks together), its number of examples and its SS before and after; the last row is the
+whole bias type. SS per target counts, as StereoSet's SS does, the share of examples whose stereotype
+scores higher than its anti-stereotype.
+
+    python scripts/stereoset_targets.py --gold ../shared/data/stereoset/dev.json --bias-type gender \\
+        --before results/base-smollm2/stereoset_predictions.json \\
+        --after results/biasunlearn-smollm2/stereoset_predictions.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from biasunlearn.data.stereoset import load_stereoset
+from biasunlearn.errors import BiasUnlearnError
+from biasunlearn.metrics.stereoset import stereoset_results
+
+
+def _scores(path: Path) -> dict[str, float]:
+    try:
+        pred = json.loads(path.read_text())
+        return {str(p["id"]): float(p["score"]) for task in pred.values() for p in task}
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as e:
+        sys.exit(f"{path}: not a StereoSet predictions file of `biasunlearn eval` ({e})")
+
+
+def _ss(examples, scores: dict[str, float]) -> float:
+    return stereoset_results(examples, scores)["both"]["overall"]["SS"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--gold", required=True, type=Path, help="the StereoSet file the predictions were made on")
+    ap.add_argument("--before", required=True, type=Path, help="stereoset_predictions.json before")
+    ap.add_argument("--after", required=True, type=Path, help="stereoset_predictions.json after")
+    ap.add_argument("--bias-type", default="gender", help="gender, profession, race or religion")
+    args = ap.parse_args(argv)
+    try:
+        examples = [e for e in load_stereoset(args.gold) if e.bias_type == args.bias_type]
+    except BiasUnlearnError as e:
+        sys.exit(f"--gold: {e}")
+    if not examples:
+        sys.exit(f"--bias-type: no {args.bias_type!r} examples in {args.gold}")
+    before, after = _scores(args.before), _scores(args.after)
+    missing = [s.id for e in examples for s in e.sentences if s.id not in before or s.id not in after]
+    if missing:
+        sys.exit(f"--before/--after: {len(missing)} sentences of {args.gold} have no score (first: {missing[0]})")
+    by_target: dict[str, list] = {}
+    for e in examples:
+        by_target.setdefault(e.target, []).append(e)
+    print(f"| {args.bias_type} target | examples | SS before | SS after | change |")
+    print("|---|---:|---:|---:|---:|")
+    rows = sorted(by_target.items(), key=lambda kv: _ss(kv[1], after) - _ss(kv[1], before))
+    for target, exs in [*rows, (f"all {args.bias_type}", examples)]:
+        b, a = _ss(exs, before), _ss(exs, after)
+        print(f"| {target} | {len(exs)} | {b:.2f} | {a:.2f} | {a - b:+.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,62 @@
+"""scripts/stereoset_targets.py: SS per StereoSet target before and after, on the fixture dev.json."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "stereoset_targets.py"
+GOLD = Path(__file__).resolve().parents[1] / "fixtures" / "data" / "stereoset" / "dev.json"
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("stereoset_targets", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _preds(tmp_path: Path, name: str, stereo_wins: dict[str, bool]) -> Path:
+    """Scores where the stereotype beats the anti-stereotype exactly for the targets marked True."""
+    data = json.loads(GOLD.read_text())["data"]
+    out = {}
+    for task, exs in data.items():
+        rows = []
+        for ex in exs:
+            win = stereo_wins.get(ex["target"], False)
+            for s in ex["sentences"]:
+                score = {"stereotype": 0.6 if win else 0.4, "anti-stereotype": 0.5, "unrelated": 0.1}[s["gold_label"]]
+                rows.append({"id": s["id"], "score": score})
+        out[task] = rows
+    path = tmp_path / name
+    path.write_text(json.dumps(out))
+    return path
+
+
+def test_ss_per_target_by_hand(tmp_path, capsys):
+    before = _preds(tmp_path, "b.json", {"sister": True, "grandfather": True})
+    after = _preds(tmp_path, "a.json", {"sister": True, "grandfather": False})
+    assert _load().main(["--gold", str(GOLD), "--before", str(before), "--after", str(after)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("| gender target |")
+    # sorted by change: grandfather (100 -> 0) first; then the whole type: 2 examples, 100 -> 50
+    assert lines[2] == "| grandfather | 1 | 100.00 | 0.00 | -100.00 |"
+    assert lines[3] == "| sister | 1 | 100.00 | 100.00 | +0.00 |"
+    assert lines[4] == "| all gender | 2 | 100.00 | 50.00 | -50.00 |"
+
+
+def test_bad_input_names_the_file(tmp_path):
+    good = _preds(tmp_path, "g.json", {})
+    bad = tmp_path / "bad.json"
+    bad.write_text("[1, 2]")
+    with pytest.raises(SystemExit, match=r"bad\.json"):
+        _load().main(["--gold", str(GOLD), "--before", str(bad), "--after", str(good)])
+    with pytest.raises(SystemExit, match="--bias-type"):
+        _load().main(["--gold", str(GOLD), "--before", str(good), "--after", str(good), "--bias-type", "age"])
+    partial = tmp_path / "p.json"
+    partial.write_text(json.dumps({"intrasentence": []}))
+    with pytest.raises(SystemExit, match="no score"):
+        _load().main(["--gold", str(GOLD), "--before", str(partial), "--after", str(good)])
