@@ -46,7 +46,8 @@ class EvalConfig:
         benchmarks: comma-separated benchmark names (stereoset, crows_pairs, bbq: --limit per category, no --split).
         split: StereoSet split to evaluate: report (dev.json), control or train.
         limit: evaluate only the first N examples per StereoSet task / N CrowS-Pairs pairs (0 = all).
-        out: output folder for results.json and the predictions files (empty: write nothing).
+        out: output folder for results.json and the predictions files (empty: write nothing); while the
+            evaluation runs, its finished scores are kept in out/partial/ and a rerun continues from them.
         data_dir: benchmark data folder (default: $BIASUNLEARN_DATA, then the user cache).
         seed: seed of the control/train split.
         control_per_type: control examples per bias type held out of train.
