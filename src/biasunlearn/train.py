@@ -106,6 +106,8 @@ class TrainConfig:
             each type's pool, the paper's uniform draw), balanced (each type equally often) or adaptive (in
             proportion to the type's distance from 50 on the latest control reading, plus 1 point).
         early_stop: stop once every bias type is balanced on the control split.
+        control_patience: consecutive control readings on which every type must be balanced before the
+            run stops (1 = the first such reading; more guards against a reading balanced by noise).
         keep_best: restore the adapter of the best control ICAT at the end.
         save_steps: steps between checkpoints.
         resume: resume from the latest checkpoint in out/checkpoints.
@@ -157,6 +159,7 @@ class TrainConfig:
     rest_balanced: bool = False
     type_sampling: str = "adaptive"
     early_stop: bool = True
+    control_patience: int = 1
     keep_best: bool = True
     save_steps: int = 50
     resume: bool = False
@@ -184,7 +187,8 @@ class TrainConfig:
         for name in ("n_forget", "n_retain", "n_kl"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 0")
-        ControlConfig(signal=self.control_signal, every=self.control_every, tau=self.control_tau)
+        ControlConfig(signal=self.control_signal, every=self.control_every, tau=self.control_tau,
+                      patience=self.control_patience)
         if self.type_sampling not in TYPE_SAMPLING:
             raise ConfigError(f"--type-sampling: expected one of {', '.join(TYPE_SAMPLING)}, "
                               f"got {self.type_sampling!r}")
@@ -273,7 +277,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     ccfg = ControlConfig(signal=cfg.control_signal, every=cfg.control_every, threshold=cfg.control_threshold,
                          z=cfg.control_z, tau=cfg.control_tau, grouping=cfg.control_groups,
                          swapping=method.swapping,
-                         rest_balanced=cfg.rest_balanced, early_stop=cfg.early_stop, keep_best=cfg.keep_best)
+                         rest_balanced=cfg.rest_balanced, early_stop=cfg.early_stop, keep_best=cfg.keep_best,
+                         patience=cfg.control_patience)
     control_cb = ControlCallback(tok, splits.control, ccfg, swap, cfg.scoring, history)
     args_kwargs = dict(
         output_dir=str(ckpt_dir), max_steps=cfg.max_steps, learning_rate=cfg.learning_rate,

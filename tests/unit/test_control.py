@@ -87,6 +87,29 @@ def test_callback_swaps_stops_and_keeps_best(monkeypatch, tiny_model_and_tokeniz
     assert swap.distance == {"race": 0.0, "gender": 0.0}
 
 
+def test_patience_needs_consecutive_balanced_readings(monkeypatch, tiny_model_and_tokenizer):
+    """With patience 2 a single all-balanced reading does not stop; two in a row do, and an unbalanced
+    reading in between starts the count again."""
+    import biasunlearn.methods.control as control
+
+    model, tok = tiny_model_and_tokenizer
+    bal = {"types": {"race": _r(gap=0.0)}, "SS": 50.0, "LMS": 90.0, "ICAT": 90.0, "soft_ss": 50.0,
+           "soft_ss_se": 1.0}
+    off = {**bal, "types": {"race": _r(gap=0.5)}}
+    seq = iter([off, bal, off, bal, bal])
+    monkeypatch.setattr(control, "control_reading", lambda *a, **k: next(seq))
+    cb = ControlCallback(tok, [], ControlConfig(every=1, signal="gap", patience=2), SwapState())
+    stops = []
+    for step in range(5):
+        ctl = _Ctl()
+        cb._read(model, step, ctl)
+        stops.append(ctl.should_training_stop)
+    assert stops == [False, False, False, False, True]
+    assert [h["all_balanced"] for h in cb.history] == [False, True, False, True, True]
+    with pytest.raises(ConfigError, match="--control-patience"):
+        ControlConfig(patience=0)
+
+
 def test_callback_records_each_types_distance_from_50(monkeypatch, tiny_model_and_tokenizer):
     import biasunlearn.methods.control as control
 

@@ -15,7 +15,8 @@ StereoSet targets, like the report split's unseen targets). Three signals are of
   standard error ``se`` comes from the per-example values. A type is *reversed* when
   ``soft_ss < 50 − z·se``, *stereotypical* when ``soft_ss > 50 + z·se``, *balanced* in between; training
   stops once every type is balanced **and** the soft SS over all control examples is within
-  ``z·se_all`` of 50 (about ±1.8 points with 150 examples per type).
+  ``z·se_all`` of 50 (about ±1.8 points with 150 examples per type), on ``patience`` consecutive
+  readings (default 1).
 * ``gap``: the same states from the mean of ``d`` itself with its standard error. On the built-in
   model's report split the heavy tails of ``d`` make it a weaker test than SS (race: SS 56.7 is 5.9
   standard errors above 50, the mean gap only 3.6), which is why it is no longer the default.
@@ -64,6 +65,7 @@ class ControlConfig:
     rest_balanced: bool = False
     early_stop: bool = True
     keep_best: bool = True
+    patience: int = 1  # consecutive all-balanced readings before stopping
 
     def __post_init__(self) -> None:
         if self.signal not in SIGNALS:
@@ -72,6 +74,8 @@ class ControlConfig:
             raise ConfigError(f"--control-every must be >= 1, got {self.every}")
         if self.tau <= 0:
             raise ConfigError(f"--control-tau must be > 0, got {self.tau}")
+        if self.patience < 1:
+            raise ConfigError(f"--control-patience must be >= 1, got {self.patience}")
 
 
 def _mean_se(x: np.ndarray) -> tuple[float, float]:
@@ -202,8 +206,14 @@ class ControlCallback(TrainerCallback):
             self.best = {"step": step, "ICAT": reading["ICAT"], "SS": reading["SS"], "LMS": reading["LMS"]}
             if self.cfg.keep_best:
                 self.best_weights = _lora_state(model)
-        if self.cfg.early_stop and step > 0 and should_stop(reading, states, self.cfg):
-            log.info("control step %d: every bias type is balanced; stopping", step)
+        rec["all_balanced"] = step > 0 and should_stop(reading, states, self.cfg)
+        run = 0
+        for r in reversed(self.history):
+            if not r.get("all_balanced"):
+                break
+            run += 1
+        if self.cfg.early_stop and run >= self.cfg.patience:
+            log.info("control step %d: every bias type is balanced (%d reading(s) in a row); stopping", step, run)
             rec["stop"] = True
             trainer_control.should_training_stop = True
 
