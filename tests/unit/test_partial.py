@@ -32,7 +32,8 @@ def test_requests_digest_sees_text_offset_and_group():
 
 
 class Fake:
-    """A scoring function: score = -len(text) - index of the letter; fails after ``fail_after`` calls."""
+    """A scoring function: score = -(position of the first letter in the alphabet); interrupted after
+    ``fail_after`` calls."""
 
     def __init__(self, fail_after: int | None = None) -> None:
         self.calls: list[list[str]] = []
