@@ -100,6 +100,9 @@ class TrainConfig:
         control_tau: temperature of control_signal soft_ss (nats of mean token log-probability).
         control_groups: what is read, swapped and sampled separately: type (bias type, the paper's) or
             type_task (bias type and StereoSet task, e.g. gender/intrasentence).
+        on_reversed: what happens to a bias type whose control reading is reversed (below 50 beyond the
+            tolerance): swap (its forget and retain sets swap roles, the paper's rule) or rest (it is not
+            drawn for forget and retain until a reading finds it stereotypical again).
         rest_balanced: a bias type balanced on the control split rests (is not drawn for forget and
             retain) until it leaves the tolerance again.
         type_sampling: how forget and retain items are spread over bias types: size (in proportion to
@@ -156,6 +159,7 @@ class TrainConfig:
     control_z: float = 0.5
     control_tau: float = 0.1
     control_groups: str = "type"
+    on_reversed: str = "swap"
     rest_balanced: bool = False
     type_sampling: str = "adaptive"
     early_stop: bool = True
@@ -188,7 +192,7 @@ class TrainConfig:
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 0")
         ControlConfig(signal=self.control_signal, every=self.control_every, tau=self.control_tau,
-                      patience=self.control_patience)
+                      patience=self.control_patience, on_reversed=self.on_reversed)
         if self.type_sampling not in TYPE_SAMPLING:
             raise ConfigError(f"--type-sampling: expected one of {', '.join(TYPE_SAMPLING)}, "
                               f"got {self.type_sampling!r}")
@@ -276,7 +280,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                          type_sampling=cfg.type_sampling)
     ccfg = ControlConfig(signal=cfg.control_signal, every=cfg.control_every, threshold=cfg.control_threshold,
                          z=cfg.control_z, tau=cfg.control_tau, grouping=cfg.control_groups,
-                         swapping=method.swapping,
+                         swapping=method.swapping, on_reversed=cfg.on_reversed,
                          rest_balanced=cfg.rest_balanced, early_stop=cfg.early_stop, keep_best=cfg.keep_best,
                          patience=cfg.control_patience)
     control_cb = ControlCallback(tok, splits.control, ccfg, swap, cfg.scoring, history)

@@ -138,6 +138,28 @@ def test_rest_balanced_types_rest_until_they_leave_the_tolerance():
     assert not other.is_resting("race")
 
 
+def test_on_reversed_rest_rests_a_reversed_type_instead_of_swapping_it():
+    cfg = ControlConfig(on_reversed="rest")
+    swap = SwapState()
+    changed = update_swaps(swap, {"race": "reversed", "gender": "stereotypical", "religion": "balanced"}, cfg)
+    assert changed == [] and not swap.is_swapped("race")
+    assert swap.is_resting("race") and not swap.is_resting("gender") and not swap.is_resting("religion")
+    # stereotypical again: drawn again, still unswapped
+    update_swaps(swap, {"race": "stereotypical", "gender": "stereotypical", "religion": "balanced"}, cfg)
+    assert not swap.is_resting("race") and not swap.is_swapped("race")
+    # with rest_balanced too, balanced and reversed types both rest
+    both = SwapState()
+    update_swaps(both, {"race": "reversed", "gender": "stereotypical", "religion": "balanced"},
+                 ControlConfig(on_reversed="rest", rest_balanced=True))
+    assert both.is_resting("race") and both.is_resting("religion") and not both.is_resting("gender")
+    # the no_swapping ablation ignores it: nothing rests or swaps
+    off = SwapState()
+    update_swaps(off, {"race": "reversed"}, ControlConfig(on_reversed="rest", swapping=False))
+    assert not off.is_resting("race") and not off.is_swapped("race")
+    with pytest.raises(ConfigError, match="--on-reversed"):
+        ControlConfig(on_reversed="flip")
+
+
 def test_soft_ss_by_hand():
     from biasunlearn.methods.control import soft_ss
 

@@ -51,6 +51,7 @@ from biasunlearn.scoring import ScoringConfig, sequence_logprobs
 log = logging.getLogger(__name__)
 
 SIGNALS = ("soft_ss", "ss", "gap")
+ON_REVERSED = ("swap", "rest")
 
 
 @dataclass
@@ -62,6 +63,7 @@ class ControlConfig:
     tau: float = 0.1  # temperature of signal "soft_ss" (nats of mean token log-probability)
     grouping: str = "type"  # control / swap groups: "type" or "type_task"
     swapping: bool = True
+    on_reversed: str = "swap"  # "swap" (the paper's rule) or "rest" (stop drawing the type while reversed)
     rest_balanced: bool = False
     early_stop: bool = True
     keep_best: bool = True
@@ -76,6 +78,8 @@ class ControlConfig:
             raise ConfigError(f"--control-tau must be > 0, got {self.tau}")
         if self.patience < 1:
             raise ConfigError(f"--control-patience must be >= 1, got {self.patience}")
+        if self.on_reversed not in ON_REVERSED:
+            raise ConfigError(f"--on-reversed: expected one of {', '.join(ON_REVERSED)}, got {self.on_reversed!r}")
 
 
 def _mean_se(x: np.ndarray) -> tuple[float, float]:
@@ -142,13 +146,16 @@ def update_swaps(swap: SwapState, states: dict[str, str], cfg: ControlConfig) ->
     """Swap reversed types and swap back those that turned stereotypical again; returns changed types.
 
     With ``cfg.rest_balanced`` a balanced type also *rests* (is not drawn for forget and retain) until
-    a later reading finds it outside the tolerance again.
+    a later reading finds it outside the tolerance again. With ``cfg.on_reversed == "rest"`` a reversed
+    type rests instead of being swapped: nothing pushes it back towards its stereotype, whose sentences
+    may carry another type's anti-stereotype (a profession anti-stereotype is often a gender one).
     """
-    changed = []
-    if cfg.rest_balanced:
+    changed: list[str] = []
+    rest_reversed = cfg.swapping and cfg.on_reversed == "rest"
+    if cfg.rest_balanced or rest_reversed:
         for t, s in states.items():
-            swap.resting[t] = s == "balanced"
-    if not cfg.swapping:
+            swap.resting[t] = (cfg.rest_balanced and s == "balanced") or (rest_reversed and s == "reversed")
+    if not cfg.swapping or rest_reversed:
         return changed
     for t, s in states.items():
         want = swap.is_swapped(t)
