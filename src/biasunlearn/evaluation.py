@@ -185,7 +185,11 @@ def evaluate(
     predictions: dict[str, Any] = {}
     for name in names:
         t = time.time()
+        reused = getattr(ctx.score_fn, "reused", 0)
         res = BENCHMARKS.get(name)(model, tokenizer, ctx)
+        if getattr(ctx.score_fn, "reused", 0) > reused:
+            # timing_s then covers only what this process scored
+            results.setdefault("resumed_requests", {})[name] = ctx.score_fn.reused - reused
         results["benchmarks"][name] = {"n_items": res.n_items, **res.extra, "metrics": res.metrics}
         results["data"].update(res.data_files)
         results["timing_s"][name] = round(time.time() - t, 2)

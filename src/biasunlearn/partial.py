@@ -75,6 +75,7 @@ class ResumableScorer:
         self.folder = Path(folder)
         self.fingerprint = json.dumps(fingerprint, sort_keys=True, default=str)
         self.chunk = chunk or DEFAULT_CHUNK
+        self.reused = 0  # requests taken from partial files so far (their scoring time is not in this run's)
 
     def path_for(self, requests: Sequence[Request], desc: str) -> Path:
         key = hashlib.sha256((self.fingerprint + requests_digest(requests)).encode()).hexdigest()[:16]
@@ -103,6 +104,7 @@ class ResumableScorer:
         done, sums, counts = self._load(path, n)
         if done:
             log.info("%s: resuming from %s (%d of %d requests already scored)", desc, path, done, n)
+            self.reused += done
         for start, end in chunk_bounds(requests, self.chunk):
             if end <= done:
                 continue

@@ -170,6 +170,9 @@ def test_killed_eval_resumes_from_its_partial_scores(tiny_model_dir, fixture_dat
     got = json.loads((out / "results.json").read_text())
     for name in ("stereoset", "crows_pairs"):
         assert got["benchmarks"][name]["metrics"] == whole["benchmarks"][name]["metrics"]
+    # results.json says which scores came from the partial files, so its timing_s is read correctly
+    assert got["resumed_requests"] == {"stereoset": files["stereoset"]["n_requests"], "crows_pairs": 8}
+    assert "resumed_requests" not in whole
     pred = [json.loads((d / "stereoset_predictions.json").read_text()) for d in (out, tmp_path / "whole")]
     scores = [[p["score"] for task in sorted(x) for p in x[task]] for x in pred]
     assert scores[0] == pytest.approx(scores[1], abs=1e-5)
