@@ -204,3 +204,21 @@ def test_swap_state_round_trip_keeps_swaps_rests_and_distances(tmp_path):
     loaded, history = load_swap_state(tmp_path)
     assert loaded == state and history == [{"step": 5}]
     assert load_swap_state(tmp_path / "missing") == (SwapState(), [])
+
+
+def test_callback_logs_swaps_and_resting_types(monkeypatch, caplog, tiny_model_and_tokenizer):
+    import logging
+
+    import biasunlearn.methods.control as control
+
+    model, tok = tiny_model_and_tokenizer
+    reading = {"types": {"race": {**_r(), "soft_ss": 40.0, "SS": 40.0},
+                         "gender": {**_r(), "soft_ss": 60.0, "SS": 60.0}},
+               "SS": 50.0, "LMS": 90.0, "ICAT": 80.0, "soft_ss": 50.0, "soft_ss_se": 1.0}
+    monkeypatch.setattr(control, "control_reading", lambda *a, **k: reading)
+    with caplog.at_level(logging.INFO, logger="biasunlearn.methods.control"):
+        ControlCallback(tok, [], ControlConfig(every=1, on_reversed="rest"), SwapState())._read(model, 5, _Ctl())
+        ControlCallback(tok, [], ControlConfig(every=1), SwapState())._read(model, 6, _Ctl())
+    rest_line, swap_line = [r.getMessage() for r in caplog.records if "control step" in r.getMessage()]
+    assert rest_line.endswith("| resting: race") and "swapped" not in rest_line
+    assert swap_line.endswith("| swapped: race") and "resting" not in swap_line

@@ -204,11 +204,13 @@ class ControlCallback(TrainerCallback):
                "resting": dict(self.swap.resting), "changed": changed,
                "seconds": round(time.time() - t0, 2)}
         self.history.append(rec)
-        log.info("control step %d: ICAT %.2f SS %.2f soft %.2f±%.2f LMS %.2f | %s%s", step, reading["ICAT"],
+        resting = [t for t, r in self.swap.resting.items() if r]
+        log.info("control step %d: ICAT %.2f SS %.2f soft %.2f±%.2f LMS %.2f | %s%s%s", step, reading["ICAT"],
                  reading["SS"], reading["soft_ss"], reading["soft_ss_se"], reading["LMS"],
                  ", ".join(f"{t} SS {r['SS']:.1f} soft {r['soft_ss']:.1f}±{r['soft_ss_se']:.1f} {states[t]}"
                            for t, r in reading["types"].items()),
-                 f" | swapped: {', '.join(changed)}" if changed else "")
+                 f" | swapped: {', '.join(changed)}" if changed else "",
+                 f" | resting: {', '.join(resting)}" if resting else "")
         if self.best is None or reading["ICAT"] > self.best["ICAT"]:
             self.best = {"step": step, "ICAT": reading["ICAT"], "SS": reading["SS"], "LMS": reading["LMS"]}
             if self.cfg.keep_best:
