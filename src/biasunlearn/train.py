@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -233,7 +234,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     from biasunlearn.methods.trainer import (
         BiasUnlearnTrainer,
         JsonlLogCallback,
-        load_swap_state,
+        load_checkpoint_state,
     )
 
     method = METHODS.get(cfg.method)
@@ -265,7 +266,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         if not ckpts:
             raise ConfigError(f"--resume: no checkpoint found in {ckpt_dir}")
         resume_from = str(ckpts[-1])
-        loaded, history = load_swap_state(ckpts[-1])
+        loaded, history, saved = load_checkpoint_state(ckpts[-1])
         swap.swapped, swap.resting, swap.distance = loaded.swapped, loaded.resting, loaded.distance
         log.info("resuming from %s (swapped: %s, resting: %s)", resume_from, swap.swapped, swap.resting)
     elif (out / "adapter").exists():
@@ -284,6 +285,11 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                          rest_balanced=cfg.rest_balanced, early_stop=cfg.early_stop, keep_best=cfg.keep_best,
                          patience=cfg.control_patience)
     control_cb = ControlCallback(tok, splits.control, ccfg, swap, cfg.scoring, history)
+    prior_seconds = 0.0
+    if resume_from:
+        control_cb.load_best(Path(resume_from), saved.get("best"))
+        prior_seconds = float(saved.get("train_seconds", 0.0))
+    t0 = time.time()
     args_kwargs = dict(
         output_dir=str(ckpt_dir), max_steps=cfg.max_steps, learning_rate=cfg.learning_rate,
         lr_scheduler_type="linear", warmup_steps=cfg.warmup_steps, optim="adamw_torch",
@@ -293,7 +299,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         use_cpu=cfg.device == "cpu", bf16=cfg.train_bf16, disable_tqdm=False,
         accelerator_config={"dispatch_batches": False},
     )
-    callbacks = [JsonlLogCallback(out / "train_log.jsonl"), control_cb, _StateSaver(swap, history)]
+    callbacks = [JsonlLogCallback(out / "train_log.jsonl"), control_cb,
+                 _StateSaver(swap, control_cb, lambda: prior_seconds + time.time() - t0)]
     if method.engine == "dpo":
         from biasunlearn.baselines.dpo import build_dpo_trainer
 
@@ -308,9 +315,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                                      cfg.normalize_retain),
             callbacks=callbacks,
         )
-    t0 = time.time()
     trainer.train(resume_from_checkpoint=resume_from)
-    train_s = time.time() - t0
+    train_s = prior_seconds + time.time() - t0  # up to the checkpoint resumed from, then this process
     last = control_cb.history[-1] if control_cb.history else None
     if last is None or last["step"] != trainer.state.global_step:
         control_cb._read(trainer.model, trainer.state.global_step, trainer.control)
@@ -380,17 +386,20 @@ def _train_biasedit(cfg: TrainConfig, model, tok, info: dict[str, Any], splits, 
 
 
 class _StateSaver(TrainerCallback):
-    """Saves the swap state and the control history into every checkpoint (for ``--resume``)."""
+    """Saves into every checkpoint (for ``--resume``) the swap state, the control history, the best reading
+    with its adapter weights, and the seconds trained so far."""
 
-    def __init__(self, swap: SwapState, history: list[dict[str, Any]]) -> None:
-        self.swap, self.history = swap, history
+    def __init__(self, swap: SwapState, control_cb: ControlCallback, seconds: Callable[[], float]) -> None:
+        self.swap, self.control_cb, self.seconds = swap, control_cb, seconds
 
     def on_save(self, args, state, control, **kwargs):
         from biasunlearn.methods.trainer import save_swap_state
 
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        if folder.is_dir():
-            save_swap_state(folder, self.swap, self.history)
+        if folder.is_dir() and state.is_world_process_zero:
+            best = self.control_cb.save_best(folder)
+            save_swap_state(folder, self.swap, self.control_cb.history,
+                            {"best": best, "train_seconds": round(self.seconds(), 1)})
 
 
 def read_train_log(out: str | Path) -> list[dict[str, Any]]:

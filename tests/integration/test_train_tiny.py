@@ -190,3 +190,34 @@ def test_eval_refuses_an_unknown_bbq_mode():
 
     with pytest.raises(ConfigError, match="--bbq-mode"):
         EvalConfig(bbq_mode="guess")
+
+
+def test_resume_keeps_the_best_reading_and_the_seconds_from_before_the_kill(tiny_model_dir, fixture_data_dir,
+                                                                           tmp_path, monkeypatch):
+    import shutil
+
+    from safetensors.torch import load_file
+
+    import biasunlearn.methods.control as control
+
+    icats = iter([90.0, 80.0, 70.0, 60.0, 50.0])  # readings get worse: the best is step 0's (the initial LoRA)
+
+    def fake_reading(*a, **k):
+        r = {"SS": 55.0, "LMS": 90.0, "ICAT": next(icats), "gap": 0.1, "gap_se": 0.01, "soft_ss": 55.0,
+             "soft_ss_se": 1.0, "n": 10}
+        return {**r, "types": {"gender": dict(r)}}
+
+    monkeypatch.setattr(control, "control_reading", fake_reading)
+    out = tmp_path / "kb"
+    train(_cfg(tiny_model_dir, fixture_data_dir, out, max_steps=2, keep_best=True))
+    ckpt = out / "checkpoints" / "checkpoint-2"
+    saved = json.loads((ckpt / "biasunlearn_state.json").read_text())
+    assert saved["best"]["step"] == 0 and saved["train_seconds"] > 0
+    assert (ckpt / "biasunlearn_best.safetensors").is_file()
+    shutil.rmtree(out / "adapter")  # as if killed after the checkpoint
+    rec = train(_cfg(tiny_model_dir, fixture_data_dir, out, max_steps=4, keep_best=True, resume=True))
+    assert [h["step"] for h in rec["control_history"]] == [0, 2, 4]
+    assert rec["selected"]["step"] == 0 and rec["selected"]["ICAT"] == 90.0
+    weights = load_file(str(out / "adapter" / "adapter_model.safetensors"))
+    assert sum(float(v.abs().sum()) for k, v in weights.items() if "lora_B" in k) == 0.0  # step 0's weights
+    assert rec["train_seconds"] >= saved["train_seconds"]

@@ -35,6 +35,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -233,6 +234,33 @@ class ControlCallback(TrainerCallback):
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if state.global_step % self.cfg.every == 0:
             self._read(model, state.global_step, control)
+
+    def save_best(self, folder: Path) -> dict[str, Any] | None:
+        """Write the best reading's adapter weights into a checkpoint ``folder``; returns the best reading."""
+        from safetensors.torch import save_file
+
+        from biasunlearn.methods.trainer import BEST_WEIGHTS_FILE
+
+        if self.best_weights is not None:
+            save_file({k: v.contiguous() for k, v in self.best_weights.items()}, str(Path(folder) / BEST_WEIGHTS_FILE))
+        return self.best
+
+    def load_best(self, folder: Path, best: dict[str, Any] | None) -> None:
+        """On ``--resume``: take back the best reading (and its weights, when kept) saved in ``folder``."""
+        from safetensors.torch import load_file
+
+        from biasunlearn.methods.trainer import BEST_WEIGHTS_FILE
+
+        if not best:
+            return
+        weights = Path(folder) / BEST_WEIGHTS_FILE
+        if self.cfg.keep_best and not weights.is_file():
+            log.warning("%s has no %s: the best reading before the resume (step %s) cannot be restored; the best "
+                        "is chosen among the readings from here on", folder, BEST_WEIGHTS_FILE, best.get("step"))
+            return
+        self.best = dict(best)
+        if self.cfg.keep_best:
+            self.best_weights = load_file(str(weights))
 
     def restore_best(self, model) -> dict[str, Any] | None:
         """Load the best reading's adapter weights back into ``model`` (when kept)."""

@@ -129,18 +129,29 @@ class JsonlLogCallback(TrainerCallback):
                 fh.write(json.dumps({"step": state.global_step, **logs}) + "\n")
 
 
-def save_swap_state(folder: Path, state: SwapState, history: list[dict[str, Any]]) -> None:
+BEST_WEIGHTS_FILE = "biasunlearn_best.safetensors"
+
+
+def save_swap_state(folder: Path, state: SwapState, history: list[dict[str, Any]],
+                    extra: dict[str, Any] | None = None) -> None:
+    """The swap state, the control history and ``extra`` (best reading, seconds trained) of a checkpoint."""
     from biasunlearn.utils import atomic_write_json
 
     atomic_write_json(Path(folder) / "biasunlearn_state.json",
                       {"swapped": state.swapped, "resting": state.resting, "distance": state.distance,
-                       "history": history})
+                       "history": history, **(extra or {})})
 
 
 def load_swap_state(folder: Path) -> tuple[SwapState, list[dict[str, Any]]]:
+    state, history, _ = load_checkpoint_state(folder)
+    return state, history
+
+
+def load_checkpoint_state(folder: Path) -> tuple[SwapState, list[dict[str, Any]], dict[str, Any]]:
+    """What :func:`save_swap_state` wrote: the swap state, the control history and the rest of the file."""
     p = Path(folder) / "biasunlearn_state.json"
     if not p.is_file():
-        return SwapState(), []
+        return SwapState(), [], {}
     d = json.loads(p.read_text())
-    state = SwapState(dict(d.get("swapped", {})), dict(d.get("resting", {})), dict(d.get("distance", {})))
-    return state, list(d.get("history", []))
+    state = SwapState(dict(d.pop("swapped", {})), dict(d.pop("resting", {})), dict(d.pop("distance", {})))
+    return state, list(d.pop("history", [])), d
