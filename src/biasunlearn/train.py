@@ -344,7 +344,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     }
     if trainer.is_world_process_zero():
         with atomic_directory(out / "adapter") as tmp:
-            trainer.model.save_pretrained(str(tmp), safe_serialization=True)
+            # only the trained adapter: trl's DPOTrainer adds a frozen copy of the initial one ("ref")
+            trainer.model.save_pretrained(str(tmp), safe_serialization=True,
+                                          selected_adapters=[getattr(trainer.model, "active_adapter", "default")])
             atomic_write_json(tmp / "provenance.json", record)
         log.info("adapter written to %s", out / "adapter")
     return record

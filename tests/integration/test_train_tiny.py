@@ -168,6 +168,7 @@ def test_dpo_baseline_trains_through_trl(tiny_model_dir, fixture_data_dir, tmp_p
                      n_forget=2, n_retain=2))
     assert rec["method"] == "dpo" and rec["steps"] == 2
     assert [h["step"] for h in rec["control_history"]] == [0, 1, 2]
+    assert sorted(p.name for p in (out / "adapter").iterdir() if p.is_dir()) == []  # no copy of trl's "ref"
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), str(out / "adapter"))
     assert any(p.abs().sum() > 0 for n, p in model.named_parameters() if "lora_B" in n)
     log = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
