@@ -307,8 +307,9 @@ def compare(cfg: CompareConfig) -> dict[str, Any]:
                 adapter = str(run_dir / "adapter")
             adapters[name] = adapter
             prov = Path(adapter, "provenance.json")
-            if prov.is_file():
-                histories[name] = json.loads(prov.read_text()).get("control_history", [])
+            hist = json.loads(prov.read_text()).get("control_history", []) if prov.is_file() else []
+            if hist:  # BiasEdit's editor training has no control readings
+                histories[name] = hist
         elif kind == "decoding":
             method = name
         ecfg = EvalConfig(model=t.model, adapter=adapter, method=method, benchmarks=cfg.benchmarks, limit=cfg.limit,
