@@ -197,13 +197,14 @@ def test_soft_ss_states_and_stop_rule():
 
 
 def test_swap_state_round_trip_keeps_swaps_rests_and_distances(tmp_path):
-    from biasunlearn.methods.trainer import load_swap_state, save_swap_state
+    from biasunlearn.methods.trainer import load_checkpoint_state, save_swap_state
 
     state = SwapState(swapped={"race": True}, resting={"gender": True}, distance={"race": -3.0, "gender": 1.5})
-    save_swap_state(tmp_path, state, [{"step": 5}])
-    loaded, history = load_swap_state(tmp_path)
+    save_swap_state(tmp_path, state, [{"step": 5}], {"best": {"step": 0}, "train_seconds": 1.5})
+    loaded, history, extra = load_checkpoint_state(tmp_path)
     assert loaded == state and history == [{"step": 5}]
-    assert load_swap_state(tmp_path / "missing") == (SwapState(), [])
+    assert extra == {"best": {"step": 0}, "train_seconds": 1.5}
+    assert load_checkpoint_state(tmp_path / "missing") == (SwapState(), [], {})
 
 
 def test_callback_logs_swaps_and_resting_types(monkeypatch, caplog, tiny_model_and_tokenizer):

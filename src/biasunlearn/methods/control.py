@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 
 SIGNALS = ("soft_ss", "ss", "gap")
 ON_REVERSED = ("swap", "rest")
+BEST_WEIGHTS_FILE = "biasunlearn_best.safetensors"  # in each checkpoint: the best reading's adapter weights
 
 
 @dataclass
@@ -239,8 +240,6 @@ class ControlCallback(TrainerCallback):
         """Write the best reading's adapter weights into a checkpoint ``folder``; returns the best reading."""
         from safetensors.torch import save_file
 
-        from biasunlearn.methods.trainer import BEST_WEIGHTS_FILE
-
         if self.best_weights is not None:
             save_file({k: v.contiguous() for k, v in self.best_weights.items()}, str(Path(folder) / BEST_WEIGHTS_FILE))
         return self.best
@@ -248,8 +247,6 @@ class ControlCallback(TrainerCallback):
     def load_best(self, folder: Path, best: dict[str, Any] | None) -> None:
         """On ``--resume``: take back the best reading (and its weights, when kept) saved in ``folder``."""
         from safetensors.torch import load_file
-
-        from biasunlearn.methods.trainer import BEST_WEIGHTS_FILE
 
         if not best:
             return

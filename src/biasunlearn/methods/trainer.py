@@ -129,9 +129,6 @@ class JsonlLogCallback(TrainerCallback):
                 fh.write(json.dumps({"step": state.global_step, **logs}) + "\n")
 
 
-BEST_WEIGHTS_FILE = "biasunlearn_best.safetensors"
-
-
 def save_swap_state(folder: Path, state: SwapState, history: list[dict[str, Any]],
                     extra: dict[str, Any] | None = None) -> None:
     """The swap state, the control history and ``extra`` (best reading, seconds trained) of a checkpoint."""
@@ -140,11 +137,6 @@ def save_swap_state(folder: Path, state: SwapState, history: list[dict[str, Any]
     atomic_write_json(Path(folder) / "biasunlearn_state.json",
                       {"swapped": state.swapped, "resting": state.resting, "distance": state.distance,
                        "history": history, **(extra or {})})
-
-
-def load_swap_state(folder: Path) -> tuple[SwapState, list[dict[str, Any]]]:
-    state, history, _ = load_checkpoint_state(folder)
-    return state, history
 
 
 def load_checkpoint_state(folder: Path) -> tuple[SwapState, list[dict[str, Any]], dict[str, Any]]:
