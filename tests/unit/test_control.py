@@ -220,6 +220,9 @@ def test_callback_logs_swaps_and_resting_types(monkeypatch, caplog, tiny_model_a
     with caplog.at_level(logging.INFO, logger="biasunlearn.methods.control"):
         ControlCallback(tok, [], ControlConfig(every=1, on_reversed="rest"), SwapState())._read(model, 5, _Ctl())
         ControlCallback(tok, [], ControlConfig(every=1), SwapState())._read(model, 6, _Ctl())
-    rest_line, swap_line = [r.getMessage() for r in caplog.records if "control step" in r.getMessage()]
+        # a type swapped at an earlier reading stays listed; only this reading's change is "changed now"
+        ControlCallback(tok, [], ControlConfig(every=1), SwapState(swapped={"religion": True}))._read(model, 7, _Ctl())
+    rest_line, swap_line, later_line = [r.getMessage() for r in caplog.records if "control step" in r.getMessage()]
     assert rest_line.endswith("| resting: race") and "swapped" not in rest_line
-    assert swap_line.endswith("| swapped: race") and "resting" not in swap_line
+    assert swap_line.endswith("| swapped: race | changed now: race") and "resting" not in swap_line
+    assert later_line.endswith("| swapped: religion, race | changed now: race")

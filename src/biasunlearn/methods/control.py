@@ -207,11 +207,13 @@ class ControlCallback(TrainerCallback):
                "seconds": round(time.time() - t0, 2)}
         self.history.append(rec)
         resting = [t for t, r in self.swap.resting.items() if r]
-        log.info("control step %d: ICAT %.2f SS %.2f soft %.2f±%.2f LMS %.2f | %s%s%s", step, reading["ICAT"],
+        swapped = [t for t, s in self.swap.swapped.items() if s]
+        log.info("control step %d: ICAT %.2f SS %.2f soft %.2f±%.2f LMS %.2f | %s%s%s%s", step, reading["ICAT"],
                  reading["SS"], reading["soft_ss"], reading["soft_ss_se"], reading["LMS"],
                  ", ".join(f"{t} SS {r['SS']:.1f} soft {r['soft_ss']:.1f}±{r['soft_ss_se']:.1f} {states[t]}"
                            for t, r in reading["types"].items()),
-                 f" | swapped: {', '.join(changed)}" if changed else "",
+                 f" | swapped: {', '.join(swapped)}" if swapped else "",
+                 f" | changed now: {', '.join(changed)}" if changed else "",
                  f" | resting: {', '.join(resting)}" if resting else "")
         if self.best is None or reading["ICAT"] > self.best["ICAT"]:
             self.best = {"step": step, "ICAT": reading["ICAT"], "SS": reading["SS"], "LMS": reading["LMS"]}
