@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -235,6 +236,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         BiasUnlearnTrainer,
         JsonlLogCallback,
         load_checkpoint_state,
+        trim_train_log,
     )
 
     method = METHODS.get(cfg.method)
@@ -269,6 +271,11 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         loaded, history, saved = load_checkpoint_state(ckpts[-1])
         swap.swapped, swap.resting, swap.distance = loaded.swapped, loaded.resting, loaded.distance
         log.info("resuming from %s (swapped: %s, resting: %s)", resume_from, swap.swapped, swap.resting)
+        if int(os.environ.get("RANK", "0")) == 0:
+            dropped = trim_train_log(out / "train_log.jsonl", int(ckpts[-1].name.split("-")[-1]))
+            if dropped:
+                log.info("train_log.jsonl: dropped %d record(s) logged after %s, which are trained again",
+                         dropped, ckpts[-1].name)
     elif (out / "adapter").exists():
         raise ConfigError(f"--out: {out / 'adapter'} already exists; choose another --out or remove it")
 

@@ -129,6 +129,23 @@ class JsonlLogCallback(TrainerCallback):
                 fh.write(json.dumps({"step": state.global_step, **logs}) + "\n")
 
 
+def trim_train_log(path: Path, step: int) -> int:
+    """Drop the records after ``step`` from a JSONL train log; returns how many were dropped.
+
+    A run killed after its last checkpoint logged steps that ``--resume`` trains again from that
+    checkpoint; without this they would appear twice. The file is rewritten atomically."""
+    from biasunlearn.utils import atomic_write_text
+
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    lines = [x for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+    keep = [x for x in lines if json.loads(x).get("step", 0) <= step]
+    if len(keep) < len(lines):
+        atomic_write_text(path, "".join(x + "\n" for x in keep))
+    return len(lines) - len(keep)
+
+
 def save_swap_state(folder: Path, state: SwapState, history: list[dict[str, Any]],
                     extra: dict[str, Any] | None = None) -> None:
     """The swap state, the control history and ``extra`` (best reading, seconds trained) of a checkpoint."""
