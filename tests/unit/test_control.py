@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -205,6 +206,17 @@ def test_swap_state_round_trip_keeps_swaps_rests_and_distances(tmp_path):
     assert loaded == state and history == [{"step": 5}]
     assert extra == {"best": {"step": 0}, "train_seconds": 1.5}
     assert load_checkpoint_state(tmp_path / "missing") == (SwapState(), [], {})
+
+
+def test_trim_train_log_drops_records_after_the_checkpoint_and_a_cut_line(tmp_path):
+    from biasunlearn.methods.trainer import trim_train_log
+
+    p = tmp_path / "train_log.jsonl"
+    assert trim_train_log(p, 3) == 0 and not p.exists()
+    p.write_text('{"step": 1, "loss": 1}\n{"step": 2, "loss": 2}\n{"step": 3}\n{"step": 4, "loss": 4}\n{"step": 5, "lo')
+    assert trim_train_log(p, 3) == 2
+    assert [json.loads(x)["step"] for x in p.read_text().splitlines()] == [1, 2, 3]
+    assert trim_train_log(p, 3) == 0
 
 
 def test_callback_logs_swaps_and_resting_types(monkeypatch, caplog, tiny_model_and_tokenizer):

@@ -133,14 +133,21 @@ def trim_train_log(path: Path, step: int) -> int:
     """Drop the records after ``step`` from a JSONL train log; returns how many were dropped.
 
     A run killed after its last checkpoint logged steps that ``--resume`` trains again from that
-    checkpoint; without this they would appear twice. The file is rewritten atomically."""
+    checkpoint; without this they would appear twice. A line the kill cut short is dropped too. The
+    file is rewritten atomically."""
     from biasunlearn.utils import atomic_write_text
+
+    def kept(line: str) -> bool:
+        try:
+            return json.loads(line).get("step", 0) <= step
+        except json.JSONDecodeError:
+            return False
 
     path = Path(path)
     if not path.is_file():
         return 0
     lines = [x for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
-    keep = [x for x in lines if json.loads(x).get("step", 0) <= step]
+    keep = [x for x in lines if kept(x)]
     if len(keep) < len(lines):
         atomic_write_text(path, "".join(x + "\n" for x in keep))
     return len(lines) - len(keep)
