@@ -231,6 +231,7 @@ def _make_peft(model, cfg: TrainConfig):
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Train an adapter; returns the provenance record (also written to ``out/adapter/provenance.json``)."""
     from transformers import TrainingArguments, set_seed
+    from transformers.trainer_utils import get_last_checkpoint
 
     from biasunlearn.methods.trainer import (
         BiasUnlearnTrainer,
@@ -264,18 +265,18 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     ckpt_dir = out / "checkpoints"
     resume_from = None
     if cfg.resume:
-        ckpts = sorted(ckpt_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
-        if not ckpts:
+        last = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
+        if last is None:
             raise ConfigError(f"--resume: no checkpoint found in {ckpt_dir}")
-        resume_from = str(ckpts[-1])
-        loaded, history, saved = load_checkpoint_state(ckpts[-1])
+        resume_from, last = last, Path(last)
+        loaded, history, saved = load_checkpoint_state(last)
         swap.swapped, swap.resting, swap.distance = loaded.swapped, loaded.resting, loaded.distance
         log.info("resuming from %s (swapped: %s, resting: %s)", resume_from, swap.swapped, swap.resting)
         if int(os.environ.get("RANK", "0")) == 0:
-            dropped = trim_train_log(out / "train_log.jsonl", int(ckpts[-1].name.split("-")[-1]))
+            dropped = trim_train_log(out / "train_log.jsonl", int(last.name.split("-")[-1]))
             if dropped:
                 log.info("train_log.jsonl: dropped %d record(s) logged after %s, which are trained again",
-                         dropped, ckpts[-1].name)
+                         dropped, last.name)
     elif (out / "adapter").exists():
         raise ConfigError(f"--out: {out / 'adapter'} already exists; choose another --out or remove it")
 
