@@ -225,3 +225,13 @@ def test_resume_keeps_the_best_reading_and_the_seconds_from_before_the_kill(tiny
     weights = load_file(str(out / "adapter" / "adapter_model.safetensors"))
     assert sum(float(v.abs().sum()) for k, v in weights.items() if "lora_B" in k) == 0.0  # step 0's weights
     assert rec["train_seconds"] >= saved["train_seconds"]
+
+
+def test_resume_without_a_checkpoint_is_refused_and_writes_nothing(tiny_model_dir, fixture_data_dir, tmp_path):
+    out = tmp_path / "none"
+    with pytest.raises(ConfigError, match="--resume: no checkpoint found"):
+        train(_cfg(tiny_model_dir, fixture_data_dir, out, resume=True))
+    (out / "checkpoints").mkdir(parents=True)  # an empty checkpoint folder too
+    with pytest.raises(ConfigError, match="--resume: no checkpoint found"):
+        train(_cfg(tiny_model_dir, fixture_data_dir, out, resume=True))
+    assert [p.name for p in out.iterdir()] == ["checkpoints"] and not any((out / "checkpoints").iterdir())
