@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -265,18 +264,12 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     ckpt_dir = out / "checkpoints"
     resume_from = None
     if cfg.resume:
-        last = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
-        if last is None:
+        resume_from = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
+        if resume_from is None:
             raise ConfigError(f"--resume: no checkpoint found in {ckpt_dir}")
-        resume_from, last = last, Path(last)
-        loaded, history, saved = load_checkpoint_state(last)
+        loaded, history, saved = load_checkpoint_state(Path(resume_from))
         swap.swapped, swap.resting, swap.distance = loaded.swapped, loaded.resting, loaded.distance
         log.info("resuming from %s (swapped: %s, resting: %s)", resume_from, swap.swapped, swap.resting)
-        if int(os.environ.get("RANK", "0")) == 0:
-            dropped = trim_train_log(out / "train_log.jsonl", int(last.name.split("-")[-1]))
-            if dropped:
-                log.info("train_log.jsonl: dropped %d record(s) logged after %s, which are trained again",
-                         dropped, last.name)
     elif (out / "adapter").exists():
         raise ConfigError(f"--out: {out / 'adapter'} already exists; choose another --out or remove it")
 
@@ -323,6 +316,12 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                                      cfg.normalize_retain),
             callbacks=callbacks,
         )
+    if resume_from and trainer.is_world_process_zero():
+        resumed = Path(resume_from).name
+        dropped = trim_train_log(out / "train_log.jsonl", int(resumed.split("-")[-1]))
+        if dropped:
+            log.info("train_log.jsonl: dropped %d record(s) logged after %s, which are trained again",
+                     dropped, resumed)
     trainer.train(resume_from_checkpoint=resume_from)
     train_s = prior_seconds + time.time() - t0  # up to the checkpoint resumed from, then this process
     last = control_cb.history[-1] if control_cb.history else None
