@@ -14,21 +14,19 @@ scores higher than its anti-stereotype.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from biasunlearn.data.stereoset import load_stereoset
 from biasunlearn.errors import BiasUnlearnError
-from biasunlearn.metrics.stereoset import stereoset_results
+from biasunlearn.metrics.stereoset import read_predictions, stereoset_results
 
 
 def _scores(path: Path) -> dict[str, float]:
     try:
-        pred = json.loads(path.read_text())
-        return {str(p["id"]): float(p["score"]) for task in pred.values() for p in task}
-    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as e:
-        sys.exit(f"{path}: not a StereoSet predictions file of `biasunlearn eval` ({e})")
+        return read_predictions(path)
+    except BiasUnlearnError as e:
+        sys.exit(str(e))
 
 
 def _ss(examples, scores: dict[str, float]) -> float:

@@ -109,6 +109,10 @@ class TrainConfig:
         type_sampling: how forget and retain items are spread over bias types: size (in proportion to
             each type's pool, the paper's uniform draw), balanced (each type equally often) or adaptive (in
             proportion to the type's distance from 50 on the latest control reading, plus 1 point).
+        positive_share: 0 (off) or the share, within each bias type, of the non-neutral draws that go to
+            examples whose stereotype is the more positive sentence of the pair (VADER valence; the rest go
+            to those whose stereotype is the more negative one): 0.5 balances the two, so the model cannot
+            lower SS just by preferring pleasant sentences; needs vaderSentiment.
         early_stop: stop once every bias type is balanced on the control split.
         control_patience: consecutive control readings on which every type must be balanced before the
             run stops (1 = the first such reading; more guards against a reading balanced by noise).
@@ -163,6 +167,7 @@ class TrainConfig:
     on_reversed: str = "swap"
     rest_balanced: bool = False
     type_sampling: str = "adaptive"
+    positive_share: float = 0.0
     early_stop: bool = True
     control_patience: int = 1
     keep_best: bool = True
@@ -185,6 +190,8 @@ class TrainConfig:
             protected_wordlists(self.protect_words, self.protect_scope)
         if self.loss_region not in REGIONS:
             raise ConfigError(f"--loss-region: expected one of {', '.join(REGIONS)}, got {self.loss_region!r}")
+        if not 0.0 <= self.positive_share < 1.0:
+            raise ConfigError(f"--positive-share must be in [0, 1) (0 = off), got {self.positive_share}")
         if self.learning_rate <= 0:
             raise ConfigError(f"--learning-rate must be > 0, got {self.learning_rate}")
         if self.max_steps < 1:
@@ -258,7 +265,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     log.info("LoRA r=%d on %s: %d trainable parameters", cfg.lora_r, ",".join(targets), n_trainable)
 
     pools = build_pools(splits.train, cfg.loss_region, tasks, cfg.control_groups, cfg.protect_words,
-                        cfg.protect_scope)
+                        cfg.protect_scope, sentiment=cfg.positive_share > 0)
     swap = SwapState()
     history: list[dict[str, Any]] = []
     ckpt_dir = out / "checkpoints"
@@ -279,7 +286,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     stream = ChunkStream(pools, tok, start_id, n_forget=cfg.n_forget if method.forget != "none" else 0,
                          n_retain=n_retain, n_kl=cfg.n_kl if method.kl else 0, retain_set=method.retain_set,
                          adversarial_fraction=adv, seed=cfg.seed, swap_state=swap, max_length=cfg.max_length,
-                         type_sampling=cfg.type_sampling)
+                         type_sampling=cfg.type_sampling, positive_share=cfg.positive_share)
     ccfg = ControlConfig(signal=cfg.control_signal, every=cfg.control_every, threshold=cfg.control_threshold,
                          z=cfg.control_z, tau=cfg.control_tau, grouping=cfg.control_groups,
                          swapping=method.swapping, on_reversed=cfg.on_reversed,

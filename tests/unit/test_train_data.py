@@ -773,3 +773,51 @@ def test_protect_words_bad_name():
         build_pools(_protect_examples(), protect_words="profession")
     with pytest.raises(ConfigError, match="--protect-words"):
         build_pools(_protect_examples(), protect_words="gender,nonsense")
+
+
+# --------------------------------------------------------------------------------------------------
+# --positive-share: draws balanced by sentiment direction
+# --------------------------------------------------------------------------------------------------
+
+def _sentiment_pools(n_negative: int = 9, n_positive: int = 3):
+    """race pool: n_negative examples whose stereotype is the negative sentence, n_positive the positive one."""
+    exs = [_ex(f"n{k}", "intersentence", f"race {k}.", f"race n{k} terrible", f"race n{k} wonderful",
+               f"race n{k} U", "race") for k in range(n_negative)]
+    exs += [_ex(f"p{k}", "intersentence", f"race {k}.", f"race p{k} wonderful", f"race p{k} terrible",
+                f"race p{k} U", "race") for k in range(n_positive)]
+    return build_pools(exs, sentiment=True)
+
+
+def _share_of_positive(tok, chunks, role: str) -> float:
+    texts = _decoded(tok, chunks, role)
+    return sum(" race p" in t for t in texts) / len(texts)  # decoded: "race K. race pK ..." (context first)
+
+
+def test_positive_share_balances_the_draws(byte_tok):
+    pools = _sentiment_pools()
+    # off: in proportion to the pool (3 of 12 positive)
+    off = _take(ChunkStream(pools, byte_tok, 0, seed=1, adversarial_fraction=0.0), 200)
+    assert abs(_share_of_positive(byte_tok, off, "retain") - 0.25) < 0.03
+    for share in (0.5, 0.75):
+        on = _take(ChunkStream(pools, byte_tok, 0, seed=1, adversarial_fraction=0.0, positive_share=share), 200)
+        for role in ("forget", "retain"):
+            assert abs(_share_of_positive(byte_tok, on, role) - share) < 0.05, (share, role)
+        # every positive-direction example still comes up, and nothing outside the pools
+        retain = set(_decoded(byte_tok, on, "retain"))
+        assert retain == _texts(pools.anti["race"])
+
+
+def test_positive_share_follows_swaps(byte_tok):
+    pools = _sentiment_pools()
+    s = ChunkStream(pools, byte_tok, 0, seed=2, adversarial_fraction=0.0, positive_share=0.5,
+                    swap_state=SwapState({"race": True}))
+    chunks = _take(s, 200)
+    assert set(_decoded(byte_tok, chunks, "retain")) == _texts(pools.stereo["race"])
+    assert abs(_share_of_positive(byte_tok, chunks, "retain") - 0.5) < 0.05
+
+
+def test_positive_share_checks(byte_tok):
+    with pytest.raises(ConfigError, match="--positive-share"):
+        ChunkStream(_pools(), byte_tok, 0, positive_share=0.5)  # pools built without directions
+    with pytest.raises(ConfigError, match="--positive-share"):
+        ChunkStream(_sentiment_pools(), byte_tok, 0, positive_share=1.0)

@@ -32,10 +32,11 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
+from biasunlearn.data.sentiment import sentiment_direction
 from biasunlearn.data.stereoset import BIAS_TYPES, StereoExample
 from biasunlearn.errors import ConfigError
 from biasunlearn.packing import Packed, pack_sequences
@@ -67,6 +68,8 @@ class TrainItem:
     task: str
     #: character spans inside the region left out of the loss (protected words)
     exclude: tuple[tuple[int, int], ...] = ()
+    #: sentiment direction of the item's example (:mod:`biasunlearn.data.sentiment`); empty when not computed
+    sentiment: str = ""
 
 
 def _common_prefix(a: str, b: str) -> int:
@@ -130,8 +133,7 @@ def protect(item: TrainItem, wordlist) -> TrainItem | None:
             kept[k - item.loss_from] = " "
     if not any(c.isalnum() for c in kept):
         return None
-    return TrainItem(item.text, item.loss_from, item.loss_to, item.bias_type, item.label, item.example_id, item.task,
-                     spans)
+    return replace(item, exclude=spans)
 
 
 PROTECT_SCOPES = ("other", "all")
@@ -154,13 +156,16 @@ def protected_wordlists(protect_words: str, protect_scope: str = "other") -> dic
 
 def build_pools(examples: Sequence[StereoExample], region: str = "from_blank",
                 tasks: Sequence[str] = ("intrasentence", "intersentence"), grouping: str = "type",
-                protect_words: str = "", protect_scope: str = "other") -> Pools:
+                protect_words: str = "", protect_scope: str = "other", sentiment: bool = False) -> Pools:
     """Per-group pools (groups: :func:`group_key`), in bias-type order.
 
     ``protect_words``: comma-separated bias types (gender, race, religion) whose word lists are cut out
     of the loss regions of the stereotype and anti-stereotype sentences of the other bias types
     (``protect_scope="other"``) or of every type, the list's own included (``"all"``; see the module
-    docstring); an example left with nothing to learn from in either sentence is dropped."""
+    docstring); an example left with nothing to learn from in either sentence is dropped.
+
+    ``sentiment``: label each item with its example's sentiment direction (for ``positive_share`` in
+    :class:`ChunkStream`)."""
     lists = protected_wordlists(protect_words, protect_scope)
     stereo: dict[str, list[TrainItem]] = {}
     anti: dict[str, list[TrainItem]] = {}
@@ -171,6 +176,9 @@ def build_pools(examples: Sequence[StereoExample], region: str = "from_blank",
             continue
         key = group_key(ex, grouping)
         pair: list[TrainItem | None] = [loss_region(ex, label, region) for label in ("stereotype", "anti-stereotype")]
+        if sentiment:
+            direction = sentiment_direction(ex)
+            pair = [replace(it, sentiment=direction) for it in pair if it is not None]
         for own, wl in lists.items():
             if ex.bias_type != own or protect_scope == "all":
                 pair = [protect(it, wl) if it is not None else None for it in pair]
@@ -233,6 +241,26 @@ def type_weights(sizes: dict[str, int], sampling: str, state: SwapState) -> dict
     return {t: (active.get(t, 0.0)) for t in base}
 
 
+def sentiment_weights(items: Sequence[TrainItem], positive_share: float = 0.5) -> dict[str, float]:
+    """Probability of drawing each sentiment direction from ``items`` (see ``positive_share`` of
+    :class:`ChunkStream`).
+
+    ``neutral`` keeps its share of the pool (``n_neutral / n``); the rest goes to ``positive`` with
+    probability ``positive_share`` and to ``negative`` otherwise (all of it to the one present when the
+    other is empty), whatever the pool's own ratio of the two. Directions without items are left out."""
+    counts = {d: sum(it.sentiment == d for it in items) for d in ("positive", "negative", "neutral")}
+    total = sum(counts.values())
+    if total == 0:
+        raise ConfigError("--positive-share: a pool has no items with a sentiment direction")
+    out = {"neutral": counts["neutral"] / total} if counts["neutral"] else {}
+    rest = 1 - counts["neutral"] / total
+    share = {"positive": positive_share, "negative": 1 - positive_share}
+    signed = [d for d in ("positive", "negative") if counts[d]]
+    for d in signed:
+        out[d] = rest * (share[d] if len(signed) == 2 else 1.0)
+    return out
+
+
 class _Cycler:
     """Endless shuffled passes over a list (reshuffled each pass)."""
 
@@ -270,12 +298,18 @@ class ChunkStream(torch.utils.data.IterableDataset):
     uniformly from the union of the types' current pools, as the paper does; ``"balanced"``: each type
     equally often), each type's pools cycled in shuffled passes; the roles of a type (and whether it
     rests) follow ``swap_state``, which the control callback updates during training.
+
+    ``positive_share`` (pools built with ``sentiment=True``; 0 = off): within a type, the draws that are
+    not of neutral examples go to examples whose stereotype is the more positive sentence with probability
+    ``positive_share`` and to those whose stereotype is the more negative one otherwise
+    (:func:`sentiment_weights`; 0.5 balances the two), so that the forget and retain terms cannot lower SS
+    just by teaching the model to prefer pleasant sentences.
     """
 
     def __init__(self, pools: Pools, tokenizer, start_id: int, *, n_forget: int = 4, n_retain: int = 28,
                  n_kl: int = 8, adversarial_fraction: float = 0.25, seed: int = 0,
                  swap_state: SwapState | None = None, max_length: int = 128, type_sampling: str = "size",
-                 retain_set: str = "anti") -> None:
+                 retain_set: str = "anti", positive_share: float = 0.0) -> None:
         super().__init__()
         if not 0.0 <= adversarial_fraction <= 1.0:
             raise ConfigError(f"--adversarial-fraction must be in [0, 1], got {adversarial_fraction}")
@@ -290,6 +324,13 @@ class ChunkStream(torch.utils.data.IterableDataset):
         if retain_set not in ("anti", "both"):
             raise ConfigError(f"retain_set: expected anti or both, got {retain_set!r}")
         self.retain_set = retain_set
+        if not 0.0 <= positive_share < 1.0:
+            raise ConfigError(f"--positive-share must be in [0, 1) (0 = off), got {positive_share}")
+        if positive_share and any(not it.sentiment for items in (*pools.stereo.values(), *pools.anti.values())
+                                  for it in items):
+            raise ConfigError("--positive-share: the pools carry no sentiment directions "
+                              "(build them with build_pools(..., sentiment=True))")
+        self.positive_share = positive_share
         rng = random.Random(seed)
         # Fixed adversarial subsets: a seeded fraction of each type's anti-stereotypes (and of its
         # stereotypes, used when the type is swapped).
@@ -310,7 +351,8 @@ class ChunkStream(torch.utils.data.IterableDataset):
         info = torch.utils.data.get_worker_info()
         rng = random.Random(self.seed * 1000 + (info.id if info else 0) + 1)
         types = list(self.pools.stereo)
-        cyclers: dict[tuple[str, str, bool], _Cycler] = {}
+        cyclers: dict[tuple[str, str, bool, str], _Cycler] = {}
+        directions: dict[tuple[str, str, bool], tuple[list[str], list[float]]] = {}
         kl = _Cycler(self.pools.unrelated, rng)
 
         def draw(role: str, n: int) -> list[Encoded]:
@@ -318,9 +360,18 @@ class ChunkStream(torch.utils.data.IterableDataset):
             weights = type_weights({t: len(pools[t]) for t in types}, self.type_sampling, self.swap_state)
             out = []
             for t in rng.choices(types, weights=[weights[t] for t in types], k=n) if n else []:
-                key = (role, t, self.swap_state.is_swapped(t))
+                base = (role, t, self.swap_state.is_swapped(t))
+                direction = ""
+                if self.positive_share:
+                    if base not in directions:
+                        w = sentiment_weights(pools[t], self.positive_share)
+                        directions[base] = (list(w), list(w.values()))
+                    names, probs = directions[base]
+                    direction = rng.choices(names, weights=probs)[0]
+                key = (*base, direction)
                 if key not in cyclers:
-                    cyclers[key] = _Cycler(pools[t], rng)
+                    items = [it for it in pools[t] if it.sentiment == direction] if direction else pools[t]
+                    cyclers[key] = _Cycler(items, rng)
                 out.append(encode_item(self.tokenizer, cyclers[key].next(), self.start_id, self.max_length))
             return out
 

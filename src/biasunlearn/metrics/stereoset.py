@@ -17,11 +17,15 @@ for domains, because it appends each example once per sentence; the percentages 
 
 from __future__ import annotations
 
+import json
+import os
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from biasunlearn.data.stereoset import BIAS_TYPES, StereoExample
+from biasunlearn.errors import DataError
 
 TASKS = ("intrasentence", "intersentence")
 
@@ -111,3 +115,12 @@ def predictions_file(examples: Iterable[StereoExample], scores: Mapping[str, flo
         for s in ex.sentences:
             out[ex.task].append({"id": s.id, "score": float(scores[s.id])})
     return out
+
+
+def read_predictions(path: str | os.PathLike[str]) -> dict[str, float]:
+    """Sentence id -> score from a predictions file in the format of :func:`predictions_file`."""
+    try:
+        pred = json.loads(Path(path).read_text())
+        return {str(p["id"]): float(p["score"]) for task in pred.values() for p in task}
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as e:
+        raise DataError(f"{path}: not a StereoSet predictions file of `biasunlearn eval` ({e})") from e
