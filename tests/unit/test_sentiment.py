@@ -44,10 +44,12 @@ def test_sentiment_direction_reads_gold_labels():
     assert sentiment_direction(_ex("She is a criminal.", "She is a lawyer.", "intersentence")) == "negative"
 
 
-def test_build_pools_labels_both_sentences_of_a_pair():
+def test_build_pools_labels_both_sentences_of_a_pair(caplog):
     exs = [_ex("Her mommy is very caring.", "Her mommy is very standoffish."),
            _ex("He is a criminal.", "He is a lawyer.")]
-    pools = build_pools(exs, sentiment=True)
+    with caplog.at_level("INFO", logger="biasunlearn.methods.data"):
+        pools = build_pools(exs, sentiment=True)
+    assert "(positive/negative/neutral): gender 1/1/0" in caplog.text
     assert [i.sentiment for i in pools.stereo["gender"]] == ["positive", "negative"]
     assert [i.sentiment for i in pools.anti["gender"]] == ["positive", "negative"]
     assert all(i.sentiment == "" for i in build_pools(exs).stereo["gender"])

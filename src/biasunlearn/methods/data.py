@@ -178,7 +178,7 @@ def build_pools(examples: Sequence[StereoExample], region: str = "from_blank",
         pair: list[TrainItem | None] = [loss_region(ex, label, region) for label in ("stereotype", "anti-stereotype")]
         if sentiment:
             direction = sentiment_direction(ex)
-            pair = [replace(it, sentiment=direction) for it in pair if it is not None]
+            pair = [replace(it, sentiment=direction) if it is not None else None for it in pair]
         for own, wl in lists.items():
             if ex.bias_type != own or protect_scope == "all":
                 pair = [protect(it, wl) if it is not None else None for it in pair]
@@ -194,6 +194,10 @@ def build_pools(examples: Sequence[StereoExample], region: str = "from_blank",
                  "from dropped", ",".join(lists), n_protected, n_dropped)
     if not stereo:
         raise ConfigError("the train split has no examples for the selected --tasks")
+    if sentiment:
+        log.info("sentiment directions of the stereotypes (positive/negative/neutral): %s", ", ".join(
+            f"{k} {'/'.join(str(sum(i.sentiment == d for i in v)) for d in ('positive', 'negative', 'neutral'))}"
+            for k, v in stereo.items()))
     order = sorted(stereo, key=lambda k: (BIAS_TYPES.index(k.split("/")[0]) if k.split("/")[0] in BIAS_TYPES
                                           else len(BIAS_TYPES), k))
     return Pools({t: stereo[t] for t in order}, {t: anti[t] for t in order}, unrelated)
