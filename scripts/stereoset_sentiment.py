@@ -17,7 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from biasunlearn.data.sentiment import DIRECTIONS, sentiment_direction
+from biasunlearn.data.sentiment import DIRECTIONS, group_by_direction
 from biasunlearn.data.stereoset import BIAS_TYPES, StereoExample, load_stereoset
 from biasunlearn.errors import BiasUnlearnError
 from biasunlearn.metrics.stereoset import evaluate_group, read_predictions
@@ -30,18 +30,6 @@ def _load(path: Path, flag: str) -> list[StereoExample]:
         sys.exit(f"{flag}: {e}")
 
 
-def _by_direction(examples: list[StereoExample], targets_of: str = "") -> dict[tuple[str, str], list[StereoExample]]:
-    """(group, direction) -> examples; groups are the bias types and "all", or with ``targets_of`` the
-    targets of that bias type."""
-    out: dict[tuple[str, str], list[StereoExample]] = {}
-    for ex in examples:
-        d = sentiment_direction(ex)
-        groups = ((ex.target,) if ex.bias_type == targets_of else ()) if targets_of else (ex.bias_type, "all")
-        for group in groups:
-            out.setdefault((group, d), []).append(ex)
-    return out
-
-
 def _groups() -> list[str]:
     return [*BIAS_TYPES, "all"]
 
@@ -52,7 +40,7 @@ def count_table(files: dict[str, list[StereoExample]], targets_of: str = "") -> 
              + " | ".join(f"stereotype {d}" for d in DIRECTIONS) + " |",
              "|---|---|" + "---:|" * len(DIRECTIONS)]
     for name, examples in files.items():
-        groups = _by_direction(examples, targets_of)
+        groups = group_by_direction(examples, targets_of)
         names = sorted({g for g, _ in groups}) if targets_of else _groups()
         for g in names:
             n = [len(groups.get((g, d), [])) for d in DIRECTIONS]
@@ -67,7 +55,7 @@ def ss_table(examples: list[StereoExample], before: dict[str, float], after: dic
     """Markdown rows: SS per bias type and direction, before and after each run."""
     lines = ["| bias type | stereotype is | examples | SS before | " + " | ".join(f"SS {n}" for n in after) + " |",
              "|---|---|---:|---:|" + "---:|" * len(after)]
-    groups = _by_direction(examples)
+    groups = group_by_direction(examples)
     for g in _groups():
         for d in DIRECTIONS:
             exs = groups.get((g, d), [])

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from biasunlearn.data import sentiment
 from biasunlearn.data.bbq import BBQExample, bbq_categories, load_bbq
 from biasunlearn.data.crows_pairs import load_crows_pairs
 from biasunlearn.data.paths import (
@@ -27,7 +28,7 @@ from biasunlearn.data.splits import split_by_name
 from biasunlearn.data.stereoset import StereoExample
 from biasunlearn.metrics.bbq import bbq_results, choose_answer
 from biasunlearn.metrics.crows_pairs import crows_pairs_results
-from biasunlearn.metrics.stereoset import predictions_file, stereoset_results
+from biasunlearn.metrics.stereoset import predictions_file, ss_by_sentiment, stereoset_results
 from biasunlearn.registry import Registry
 from biasunlearn.scoring import Request, ScoringConfig, SequenceLogProbs, sequence_logprobs
 
@@ -118,12 +119,17 @@ def run_stereoset(model, tokenizer, ctx: EvalContext) -> BenchmarkResult:
     log.info("StereoSet %s split: %d examples (%d sentences)", ctx.split, len(examples), 3 * len(examples))
     scores = score_stereoset(model, tokenizer, examples, ctx.scoring, ctx.score_fn)
     files = [STEREOSET_DEV] if ctx.split == "report" else [STEREOSET_TEST]
+    extra: dict[str, Any] = {"gold_file": files[0]}
+    if sentiment.available():
+        extra["ss_by_sentiment"] = ss_by_sentiment(examples, scores)
+    else:
+        log.warning("vaderSentiment is not installed: results.json gets no StereoSet SS by sentiment direction")
     return BenchmarkResult(
         metrics=stereoset_results(examples, scores),
         data_files=dataset_checksums(ctx.data_dir, files),
         n_items=len(examples),
         predictions=predictions_file(examples, scores),
-        extra={"gold_file": files[0]},
+        extra=extra,
     )
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from biasunlearn.cli.main import main
 from biasunlearn.data.splits import split_by_name
-from biasunlearn.metrics.stereoset import stereoset_results
+from biasunlearn.metrics.stereoset import ss_by_sentiment, stereoset_results
 
 
 def _run(args, capsys):
@@ -48,6 +48,10 @@ def test_eval_end_to_end(tiny_model_dir, fixture_data_dir, tmp_path, capsys):
                 assert again[task][dom][k] == pytest.approx(st[task][dom][k], abs=1e-9)
     cp = res["benchmarks"]["crows_pairs"]["metrics"]
     assert 0 <= cp["overall"]["SS"] <= 100 and cp["overall"]["Count"] == res["benchmarks"]["crows_pairs"]["n_items"]
+    # SS by sentiment direction: the directions partition the examples, and each SS is recomputed from the scores
+    by_sent = res["benchmarks"]["stereoset"]["ss_by_sentiment"]
+    assert sum(v["Count"] for v in by_sent["all"].values()) == len(report)
+    assert by_sent == ss_by_sentiment(report, scores)
 
 
 def test_eval_yaml_config_and_flag_override(tiny_model_dir, fixture_data_dir, tmp_path, capsys):

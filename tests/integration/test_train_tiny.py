@@ -96,7 +96,9 @@ def test_cli_run_quick_end_to_end(tiny_model_dir, fixture_data_dir, tmp_path, ca
         assert (out / f).is_file(), f
     after = json.loads((out / "after" / "results.json").read_text())
     assert after["adapter"]["path"].endswith("adapter")
-    assert "| overall |" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "| overall |" in report
+    assert "### SS by sentiment direction" in report and "| all | positive |" in report
 
 
 def test_keep_best_restores_the_best_control_reading(tiny_model_dir, fixture_data_dir, tmp_path):

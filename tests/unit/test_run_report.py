@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from biasunlearn.report.run_report import checks_table, crows_table, stereoset_table, target_checks
+from biasunlearn.report.run_report import checks_table, crows_table, sentiment_table, stereoset_table, target_checks
 
 
 def _res(ss: dict[str, float], lms: float, crows: dict[str, float]) -> dict:
@@ -41,3 +41,18 @@ def test_bbq_plot_is_written(tmp_path):
 
     plot_bbq(res(0.0), res(-8.0), tmp_path / "bbq.png")
     assert (tmp_path / "bbq.png").stat().st_size > 5000
+
+
+def test_sentiment_table_by_hand():
+    before = _res({"gender": 61.0, "overall": 58.0}, 82.0, {})
+    after = _res({"gender": 55.0, "overall": 51.0}, 81.0, {})
+    assert sentiment_table(before, after) == ""  # results without the breakdown: no table
+    before["benchmarks"]["stereoset"]["ss_by_sentiment"] = {
+        "gender": {"positive": {"Count": 4, "SS": 75.0}, "negative": {"Count": 2, "SS": 50.0}},
+        "all": {"positive": {"Count": 4, "SS": 75.0}}}
+    after["benchmarks"]["stereoset"]["ss_by_sentiment"] = {
+        "gender": {"positive": {"Count": 4, "SS": 50.0}, "negative": {"Count": 2, "SS": 0.0}},
+        "all": {"positive": {"Count": 4, "SS": 50.0}}}
+    rows = sentiment_table(before, after).splitlines()
+    assert rows[2:] == ["| gender | positive | 4 | 75.00 | 50.00 |", "| gender | negative | 2 | 50.00 | 0.00 |",
+                        "| all | positive | 4 | 75.00 | 50.00 |"]

@@ -8,6 +8,7 @@ from biasunlearn.data.sentiment import direction_of, sentiment_direction, valenc
 from biasunlearn.data.stereoset import StereoExample, StereoSentence
 from biasunlearn.errors import ConfigError
 from biasunlearn.methods.data import TrainItem, build_pools, sentiment_weights
+from biasunlearn.metrics.stereoset import ss_by_sentiment
 from biasunlearn.train import TrainConfig
 
 
@@ -80,3 +81,21 @@ def test_sentiment_weights_need_directions():
 def test_train_config_rejects_share_out_of_range(share):
     with pytest.raises(ConfigError, match="--positive-share"):
         TrainConfig(positive_share=share)
+
+
+def test_ss_by_sentiment_by_hand():
+    pos = _ex("Her mommy is very caring.", "Her mommy is very standoffish.")
+    neg = _ex("He is a criminal.", "He is a lawyer.", "intersentence")
+    pos2 = StereoExample("y", "intrasentence", "race", "x", "They are BLANK.",
+                         (StereoSentence("ya", "They are nasty.", "anti-stereotype"),
+                          StereoSentence("yu", "They are fish.", "unrelated"),
+                          StereoSentence("ys", "They are lovely.", "stereotype")))
+    # the stereotype wins in both positive pairs, loses in the negative one
+    scores = {"s": 0.6, "a": 0.5, "u": 0.1, "ys": 0.9, "ya": 0.2, "yu": 0.1}
+    neg_scores = {**scores, "s": 0.4}
+    got = ss_by_sentiment([pos, pos2], scores)
+    assert got["gender"] == {"positive": {"Count": 1, "SS": 100.0}}
+    assert got["race"] == {"positive": {"Count": 1, "SS": 100.0}}
+    assert got["all"] == {"positive": {"Count": 2, "SS": 100.0}}
+    assert ss_by_sentiment([neg], neg_scores) == {"gender": {"negative": {"Count": 1, "SS": 0.0}},
+                                                  "all": {"negative": {"Count": 1, "SS": 0.0}}}

@@ -16,7 +16,7 @@ differ only in the filled-in words; for intersentence examples the two candidate
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from functools import lru_cache
 
 from biasunlearn.data.stereoset import StereoExample
@@ -53,3 +53,25 @@ def direction_of(stereotype: str, anti_stereotype: str, margin: float = MARGIN) 
 def sentiment_direction(ex: StereoExample, margin: float = MARGIN) -> str:
     """The sentiment direction of an example's stereotype against its anti-stereotype (:data:`DIRECTIONS`)."""
     return direction_of(ex.by_label("stereotype").text, ex.by_label("anti-stereotype").text, margin)
+
+
+def available() -> bool:
+    """Whether the sentiment lexicon (vaderSentiment) is installed."""
+    try:
+        _analyzer()
+    except ConfigError:
+        return False
+    return True
+
+
+def group_by_direction(examples: Iterable[StereoExample], targets_of: str = ""
+                       ) -> dict[tuple[str, str], list[StereoExample]]:
+    """``(group, direction) -> examples``; the groups are each bias type and ``"all"``, or, with
+    ``targets_of``, the targets of that bias type."""
+    out: dict[tuple[str, str], list[StereoExample]] = {}
+    for ex in examples:
+        d = sentiment_direction(ex)
+        groups = ((ex.target,) if ex.bias_type == targets_of else ()) if targets_of else (ex.bias_type, "all")
+        for group in groups:
+            out.setdefault((group, d), []).append(ex)
+    return out

@@ -124,3 +124,17 @@ def read_predictions(path: str | os.PathLike[str]) -> dict[str, float]:
         return {str(p["id"]): float(p["score"]) for task in pred.values() for p in task}
     except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as e:
         raise DataError(f"{path}: not a StereoSet predictions file of `biasunlearn eval` ({e})") from e
+
+
+def ss_by_sentiment(examples: Iterable[StereoExample], scores: Mapping[str, float]
+                    ) -> dict[str, dict[str, dict[str, float]]]:
+    """``{bias type | "all": {direction: {"Count", "SS"}}}``: SS within the pairs whose stereotype is the
+    more positive, the more negative or neither sentence (:mod:`biasunlearn.data.sentiment`). A drop of
+    SS on the "negative" pairs alone means the model learned to prefer pleasant sentences, not to drop
+    the stereotype."""
+    from biasunlearn.data.sentiment import group_by_direction
+
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for (group, direction), exs in group_by_direction(examples).items():
+        out.setdefault(group, {})[direction] = {"Count": len(exs), "SS": evaluate_group(exs, scores)["SS"]}
+    return out

@@ -45,6 +45,21 @@ def crows_table(before: dict[str, Any], after: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def sentiment_table(before: dict[str, Any], after: dict[str, Any]) -> str:
+    """SS by sentiment direction before and after (``ss_by_sentiment`` of the StereoSet results); empty when
+    either result lacks it."""
+    b = before["benchmarks"]["stereoset"].get("ss_by_sentiment")
+    a = after["benchmarks"]["stereoset"].get("ss_by_sentiment")
+    if not b or not a:
+        return ""
+    rows = ["| domain | stereotype is | n | SS before | SS after |", "|---|---|---:|---:|---:|"]
+    for dom in [*BIAS_TYPES, "all"]:
+        for d in ("positive", "negative", "neutral"):
+            if d in b.get(dom, {}) and d in a.get(dom, {}):
+                rows.append(f"| {dom} | {d} | {b[dom][d]['Count']} | {b[dom][d]['SS']:.2f} | {a[dom][d]['SS']:.2f} |")
+    return "\n".join(rows)
+
+
 def target_checks(before: dict[str, Any], after: dict[str, Any], ss_tol: float = 2.0, domain_tol: float = 4.0,
                   lms_tol: float = 2.0, crows_types: tuple[str, ...] = ("gender", "race-color", "religion"),
                   ) -> list[dict[str, Any]]:
@@ -195,6 +210,13 @@ def write_run_report(out: Path, before: dict[str, Any], after: dict[str, Any], p
     for task in ("intrasentence", "intersentence"):
         if task in before["benchmarks"]["stereoset"]["metrics"]:
             lines += [f"### {task}", "", stereoset_table(before, after, task), ""]
+    sentiment = sentiment_table(before, after)
+    if sentiment:
+        lines += ["### SS by sentiment direction", "",
+                  "Pairs whose stereotype is the more pleasant sentence (positive), the less pleasant one "
+                  "(negative) or neither (VADER valence). If SS falls only on the negative pairs, the model "
+                  "has learned to prefer pleasant sentences rather than to drop the stereotype.", "",
+                  sentiment, ""]
     if "crows_pairs" in before["benchmarks"] and "crows_pairs" in after["benchmarks"]:
         lines += ["## CrowS-Pairs (% preferring the stereotype; 50 ideal)", "", crows_table(before, after), ""]
     lines += ["## Plots", "", "![SS per domain](ss_per_domain.png)", "", "![loss terms](loss_terms.png)", ""]
