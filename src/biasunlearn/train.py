@@ -190,8 +190,8 @@ class TrainConfig:
             protected_wordlists(self.protect_words, self.protect_scope)
         if self.loss_region not in REGIONS:
             raise ConfigError(f"--loss-region: expected one of {', '.join(REGIONS)}, got {self.loss_region!r}")
-        if not 0.0 <= self.positive_share < 1.0:
-            raise ConfigError(f"--positive-share must be in [0, 1) (0 = off), got {self.positive_share}")
+        if not 0.0 <= self.positive_share <= 1.0:
+            raise ConfigError(f"--positive-share must be in [0, 1] (0 = off), got {self.positive_share}")
         if self.learning_rate <= 0:
             raise ConfigError(f"--learning-rate must be > 0, got {self.learning_rate}")
         if self.max_steps < 1:

@@ -77,7 +77,7 @@ def test_sentiment_weights_need_directions():
         sentiment_weights([TrainItem("t", 0, 1, "race", "stereotype", "x", "intersentence")])
 
 
-@pytest.mark.parametrize("share", [-0.1, 1.0, 1.5])
+@pytest.mark.parametrize("share", [-0.1, 1.01, 1.5])
 def test_train_config_rejects_share_out_of_range(share):
     with pytest.raises(ConfigError, match="--positive-share"):
         TrainConfig(positive_share=share)

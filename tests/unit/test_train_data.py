@@ -798,13 +798,14 @@ def test_positive_share_balances_the_draws(byte_tok):
     # off: in proportion to the pool (3 of 12 positive)
     off = _take(ChunkStream(pools, byte_tok, 0, seed=1, adversarial_fraction=0.0), 200)
     assert abs(_share_of_positive(byte_tok, off, "retain") - 0.25) < 0.03
-    for share in (0.5, 0.75):
+    for share in (0.5, 0.75, 1.0):
         on = _take(ChunkStream(pools, byte_tok, 0, seed=1, adversarial_fraction=0.0, positive_share=share), 200)
         for role in ("forget", "retain"):
             assert abs(_share_of_positive(byte_tok, on, role) - share) < 0.05, (share, role)
-        # every positive-direction example still comes up, and nothing outside the pools
+        # every example still comes up (at 1.0 only the positive-direction ones), and nothing outside the pools
         retain = set(_decoded(byte_tok, on, "retain"))
-        assert retain == _texts(pools.anti["race"])
+        expected = _texts(pools.anti["race"])
+        assert retain == (expected if share < 1 else {t for t in expected if " race p" in t})
 
 
 def test_positive_share_follows_swaps(byte_tok):
@@ -820,4 +821,4 @@ def test_positive_share_checks(byte_tok):
     with pytest.raises(ConfigError, match="--positive-share"):
         ChunkStream(_pools(), byte_tok, 0, positive_share=0.5)  # pools built without directions
     with pytest.raises(ConfigError, match="--positive-share"):
-        ChunkStream(_sentiment_pools(), byte_tok, 0, positive_share=1.0)
+        ChunkStream(_sentiment_pools(), byte_tok, 0, positive_share=1.5)

@@ -306,8 +306,8 @@ class ChunkStream(torch.utils.data.IterableDataset):
     ``positive_share`` (pools built with ``sentiment=True``; 0 = off): within a type, the draws that are
     not of neutral examples go to examples whose stereotype is the more positive sentence with probability
     ``positive_share`` and to those whose stereotype is the more negative one otherwise
-    (:func:`sentiment_weights`; 0.5 balances the two), so that the forget and retain terms cannot lower SS
-    just by teaching the model to prefer pleasant sentences.
+    (:func:`sentiment_weights`; 0.5 balances the two, 1 draws only the positive ones), so that the forget
+    and retain terms cannot lower SS just by teaching the model to prefer pleasant sentences.
     """
 
     def __init__(self, pools: Pools, tokenizer, start_id: int, *, n_forget: int = 4, n_retain: int = 28,
@@ -328,8 +328,8 @@ class ChunkStream(torch.utils.data.IterableDataset):
         if retain_set not in ("anti", "both"):
             raise ConfigError(f"retain_set: expected anti or both, got {retain_set!r}")
         self.retain_set = retain_set
-        if not 0.0 <= positive_share < 1.0:
-            raise ConfigError(f"--positive-share must be in [0, 1) (0 = off), got {positive_share}")
+        if not 0.0 <= positive_share <= 1.0:
+            raise ConfigError(f"--positive-share must be in [0, 1] (0 = off), got {positive_share}")
         if positive_share and any(not it.sentiment for items in (*pools.stereo.values(), *pools.anti.values())
                                   for it in items):
             raise ConfigError("--positive-share: the pools carry no sentiment directions "
