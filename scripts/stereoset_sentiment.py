@@ -20,7 +20,7 @@ from pathlib import Path
 from biasunlearn.data.sentiment import DIRECTIONS, group_by_direction
 from biasunlearn.data.stereoset import BIAS_TYPES, StereoExample, load_stereoset
 from biasunlearn.errors import BiasUnlearnError
-from biasunlearn.metrics.stereoset import evaluate_group, read_predictions
+from biasunlearn.metrics.stereoset import read_predictions, ss_of_groups
 
 
 def _load(path: Path, flag: str) -> list[StereoExample]:
@@ -56,12 +56,12 @@ def ss_table(examples: list[StereoExample], before: dict[str, float], after: dic
     lines = ["| bias type | stereotype is | examples | SS before | " + " | ".join(f"SS {n}" for n in after) + " |",
              "|---|---|---:|---:|" + "---:|" * len(after)]
     groups = group_by_direction(examples)
+    runs = [ss_of_groups(groups, s) for s in (before, *after.values())]
     for g in _groups():
         for d in DIRECTIONS:
-            exs = groups.get((g, d), [])
-            if exs:
-                cells = [evaluate_group(exs, s)["SS"] for s in (before, *after.values())]
-                lines.append(f"| {g} | {d} | {len(exs)} | " + " | ".join(f"{c:.2f}" for c in cells) + " |")
+            if d in runs[0].get(g, {}):
+                cells = " | ".join(f"{r[g][d]['SS']:.2f}" for r in runs)
+                lines.append(f"| {g} | {d} | {runs[0][g][d]['Count']} | {cells} |")
     return lines
 
 

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from biasunlearn.data.sentiment import sentiment_direction
+from biasunlearn.data.sentiment import DIRECTIONS, sentiment_direction
 from biasunlearn.data.stereoset import BIAS_TYPES, StereoExample
 from biasunlearn.errors import ConfigError
 from biasunlearn.packing import Packed, pack_sequences
@@ -196,7 +196,7 @@ def build_pools(examples: Sequence[StereoExample], region: str = "from_blank",
         raise ConfigError("the train split has no examples for the selected --tasks")
     if sentiment:
         log.info("sentiment directions of the stereotypes (positive/negative/neutral): %s", ", ".join(
-            f"{k} {'/'.join(str(sum(i.sentiment == d for i in v)) for d in ('positive', 'negative', 'neutral'))}"
+            f"{k} {'/'.join(str(sum(i.sentiment == d for i in v)) for d in DIRECTIONS)}"
             for k, v in stereo.items()))
     order = sorted(stereo, key=lambda k: (BIAS_TYPES.index(k.split("/")[0]) if k.split("/")[0] in BIAS_TYPES
                                           else len(BIAS_TYPES), k))
@@ -252,7 +252,7 @@ def sentiment_weights(items: Sequence[TrainItem], positive_share: float = 0.5) -
     ``neutral`` keeps its share of the pool (``n_neutral / n``); the rest goes to ``positive`` with
     probability ``positive_share`` and to ``negative`` otherwise (all of it to the one present when the
     other is empty), whatever the pool's own ratio of the two. Directions without items are left out."""
-    counts = {d: sum(it.sentiment == d for it in items) for d in ("positive", "negative", "neutral")}
+    counts = {d: sum(it.sentiment == d for it in items) for d in DIRECTIONS}
     total = sum(counts.values())
     if total == 0:
         raise ConfigError("--positive-share: a pool has no items with a sentiment direction")

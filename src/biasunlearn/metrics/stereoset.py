@@ -134,7 +134,14 @@ def ss_by_sentiment(examples: Iterable[StereoExample], scores: Mapping[str, floa
     the stereotype."""
     from biasunlearn.data.sentiment import group_by_direction
 
+    return ss_of_groups(group_by_direction(examples), scores)
+
+
+def ss_of_groups(groups: Mapping[tuple[str, str], list[StereoExample]], scores: Mapping[str, float]
+                 ) -> dict[str, dict[str, dict[str, float]]]:
+    """``{group: {direction: {"Count", "SS"}}}`` for groups made by
+    :func:`biasunlearn.data.sentiment.group_by_direction` (made once, scored for several runs)."""
     out: dict[str, dict[str, dict[str, float]]] = {}
-    for (group, direction), exs in group_by_direction(examples).items():
+    for (group, direction), exs in groups.items():
         out.setdefault(group, {})[direction] = {"Count": len(exs), "SS": evaluate_group(exs, scores)["SS"]}
     return out
