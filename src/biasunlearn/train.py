@@ -113,6 +113,9 @@ class TrainConfig:
             examples whose stereotype is the more positive sentence of the pair (VADER valence; the rest go
             to those whose stereotype is the more negative one): 0.5 balances the two, so the model cannot
             lower SS just by preferring pleasant sentences; needs vaderSentiment.
+        counterfactual_retain: comma-separated bias types with a word list (gender, race, religion) whose
+            forget sentences' counterfactuals (group words flipped: mother <-> father) join the retain set, so
+            the attribute is unlearned for one group and kept for the other; empty = off (the paper's sets).
         early_stop: stop once every bias type is balanced on the control split.
         control_patience: consecutive control readings on which every type must be balanced before the
             run stops (1 = the first such reading; more guards against a reading balanced by noise).
@@ -168,6 +171,7 @@ class TrainConfig:
     rest_balanced: bool = False
     type_sampling: str = "adaptive"
     positive_share: float = 0.0
+    counterfactual_retain: str = ""
     early_stop: bool = True
     control_patience: int = 1
     keep_best: bool = True
@@ -188,6 +192,10 @@ class TrainConfig:
             from biasunlearn.methods.data import protected_wordlists
 
             protected_wordlists(self.protect_words, self.protect_scope)
+        if self.counterfactual_retain:
+            from biasunlearn.methods.data import counterfactual_wordlists
+
+            counterfactual_wordlists(self.counterfactual_retain)
         if self.loss_region not in REGIONS:
             raise ConfigError(f"--loss-region: expected one of {', '.join(REGIONS)}, got {self.loss_region!r}")
         if not 0.0 <= self.positive_share <= 1.0:
@@ -265,7 +273,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     log.info("LoRA r=%d on %s: %d trainable parameters", cfg.lora_r, ",".join(targets), n_trainable)
 
     pools = build_pools(splits.train, cfg.loss_region, tasks, cfg.control_groups, cfg.protect_words,
-                        cfg.protect_scope, sentiment=cfg.positive_share > 0)
+                        cfg.protect_scope, sentiment=cfg.positive_share > 0,
+                        counterfactual=cfg.counterfactual_retain if method.retain else "")
     swap = SwapState()
     history: list[dict[str, Any]] = []
     ckpt_dir = out / "checkpoints"

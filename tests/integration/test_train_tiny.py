@@ -237,3 +237,15 @@ def test_resume_without_a_checkpoint_is_refused_and_writes_nothing(tiny_model_di
     with pytest.raises(ConfigError, match="--resume: no checkpoint found"):
         train(_cfg(tiny_model_dir, fixture_data_dir, out, resume=True))
     assert [p.name for p in out.iterdir()] == ["checkpoints"] and not any((out / "checkpoints").iterdir())
+
+
+def test_counterfactual_retention_trains_and_is_recorded(tiny_model_dir, fixture_data_dir, tmp_path, caplog):
+    out = tmp_path / "cf"
+    with caplog.at_level("INFO", logger="biasunlearn.methods.data"):
+        rec = train(_cfg(tiny_model_dir, fixture_data_dir, out, max_steps=2, counterfactual_retain="gender"))
+    assert rec["config"]["counterfactual_retain"] == "gender"
+    prov = json.loads((out / "adapter" / "provenance.json").read_text())
+    assert prov["config"]["counterfactual_retain"] == "gender" and prov["steps"] == 2
+    line = next(r.getMessage() for r in caplog.records if "counterfactual retention" in r.getMessage())
+    n, total = (int(x) for x in line.split("gender ", 2)[-1].split(" stereotypes")[0].split(" of "))
+    assert 0 < n <= total  # the fixture's gender examples carry gendered words

@@ -822,3 +822,92 @@ def test_positive_share_checks(byte_tok):
         ChunkStream(_pools(), byte_tok, 0, positive_share=0.5)  # pools built without directions
     with pytest.raises(ConfigError, match="--positive-share"):
         ChunkStream(_sentiment_pools(), byte_tok, 0, positive_share=1.5)
+
+
+# --------------------------------------------------------------------------------------------------
+# counterfactual retention
+# --------------------------------------------------------------------------------------------------
+
+
+def _cf_examples() -> list[StereoExample]:
+    return [
+        _ex("gb", "intrasentence", "The schoolboy was BLANK.", "The schoolboy was rowdy.", "The schoolboy was calm.",
+            "The schoolboy was blue.", "gender"),
+        _ex("gm", "intersentence", "My mother came home.", "She baked cookies.", "She fixed the car.",
+            "Rain falls.", "gender"),
+        # no word of the gender list: no counterfactual
+        _ex("gn", "intersentence", "The nurse came.", "Nurses are kind.", "Nurses are rude.", "Rain.", "gender"),
+        _ex("pr", "intersentence", "The engineer came in.", "He was good at math.", "She was good at math.",
+            "Cats purr.", "profession"),
+        _ex("rl", "intrasentence", "The church was BLANK.", "The church was strict.", "The church was open.",
+            "The church was wet.", "religion"),
+    ]
+
+
+def test_flip_words_flips_every_group_word_with_its_case():
+    from biasunlearn.baselines.cafie import load_wordlist
+    from biasunlearn.methods.data import flip_words
+
+    gender = load_wordlist("gender")
+    assert flip_words("He told his Mother; she smiled at him.", gender) == "She told her Father; he smiled at her."
+    assert flip_words("No group word here.", gender) == "No group word here."
+    religion = load_wordlist("religion")  # three columns: christian | muslim | jewish, rotated
+    assert flip_words("The Church and the rabbi", religion, 1) == "The Mosque and the priest"
+    assert flip_words("The Church and the rabbi", religion, 2) == "The Synagogue and the imam"
+
+
+def test_counterfactual_examples_flip_context_and_sentences():
+    from biasunlearn.baselines.cafie import load_wordlist
+    from biasunlearn.methods.data import counterfactual_examples
+
+    ex = _cf_examples()[0]
+    (cf,) = counterfactual_examples(ex, load_wordlist("gender"))
+    assert cf.context == "The schoolgirl was BLANK." and cf.by_label("stereotype").text == "The schoolgirl was rowdy."
+    assert cf.id == "gb~cf1" and cf.bias_type == "gender" and cf.task == ex.task
+    assert counterfactual_examples(_cf_examples()[2], load_wordlist("gender")) == []
+    assert len(counterfactual_examples(_cf_examples()[4], load_wordlist("religion"))) == 2  # two other columns
+
+
+def test_counterfactual_pools_hold_the_flipped_sentences_with_their_regions():
+    pools = build_pools(_cf_examples(), region="blank_only", counterfactual="gender")
+    assert set(pools.cf_stereo) == {"gender"} and set(pools.cf_anti) == {"gender"}
+    st = {(it.text, _region(it)) for it in pools.cf_stereo["gender"]}
+    assert st == {("The schoolgirl was rowdy.", "rowdy"),
+                  ("My father came home. He baked cookies.", "He baked cookies.")}
+    an = {(it.text, _region(it)) for it in pools.cf_anti["gender"]}
+    assert an == {("The schoolgirl was calm.", "calm"),
+                  ("My father came home. He fixed the car.", "He fixed the car.")}
+    assert all(it.label in ("stereotype", "anti-stereotype") and it.bias_type == "gender"
+               for it in pools.cf_stereo["gender"] + pools.cf_anti["gender"])
+    # the original pools are unchanged; off by default
+    assert pools.counts() == build_pools(_cf_examples(), region="blank_only").counts()
+    assert build_pools(_cf_examples()).cf_stereo == {}
+    both = build_pools(_cf_examples(), region="blank_only", counterfactual="gender,religion")
+    assert {_region(it) for it in both.cf_stereo["religion"]} == {"strict"} and len(both.cf_stereo["religion"]) == 2
+
+
+def test_counterfactuals_join_the_retain_pool_and_follow_swaps(byte_tok):
+    pools = build_pools(_cf_examples(), region="blank_only", counterfactual="gender")
+    s = ChunkStream(pools, byte_tok, 0, seed=3, adversarial_fraction=0.0, type_sampling="balanced")
+    retain = set(_decoded(byte_tok, _take(s, 100), "retain"))
+    others = ("profession", "religion")
+    assert retain == (_texts(pools.anti["gender"]) | _texts(pools.cf_stereo["gender"])
+                      | {t for o in others for t in _texts(pools.anti[o])})
+    forget = set(_decoded(byte_tok, _take(s, 100), "forget"))  # forget sets untouched
+    assert forget == {t for o in ("gender", *others) for t in _texts(pools.stereo[o])}
+    swapped = ChunkStream(pools, byte_tok, 0, seed=3, adversarial_fraction=0.0, type_sampling="balanced",
+                          swap_state=SwapState({"gender": True}))
+    retain = set(_decoded(byte_tok, _take(swapped, 100), "retain"))
+    assert retain == (_texts(pools.stereo["gender"]) | _texts(pools.cf_anti["gender"])
+                      | {t for o in others for t in _texts(pools.anti[o])})
+
+
+def test_counterfactual_retain_names_its_flag():
+    from biasunlearn.train import TrainConfig
+
+    for bad in ("profession", "gender,nonsense"):
+        with pytest.raises(ConfigError, match="--counterfactual-retain"):
+            build_pools(_cf_examples(), counterfactual=bad)
+        with pytest.raises(ConfigError, match="--counterfactual-retain"):
+            TrainConfig(counterfactual_retain=bad)
+    assert TrainConfig(counterfactual_retain="gender, religion").counterfactual_retain == "gender, religion"

@@ -25,6 +25,13 @@ profession stereotypes of StereoSet carry more male words than their anti-stereo
 whether that drives the general shift toward female words that CrowS-Pairs gender reads as a stereotype
 (``scripts/crows_gender_words.py``). Measured on the built-in model: scope ``other`` does not remove it
 (sweep exp10), scope ``all`` weakens it (exp11).
+
+*Counterfactual retention* (``counterfactual``, off by default): for the listed bias types (those with a
+word list: gender, race, religion), each forget sentence's counterfactual (its group words, in the context
+and the sentence, flipped to their counterparts: ``The schoolboy was rowdy`` -> ``The schoolgirl was
+rowdy``) joins the type's retain pool. The forget term lowers the attribute after one group and the
+retention term keeps it after the other, so what is unlearned is the association of the attribute with
+the group, not the attribute itself (or its sentiment).
 """
 
 from __future__ import annotations
@@ -108,11 +115,14 @@ def loss_region(ex: StereoExample, label: str, region: str = "from_blank") -> Tr
 
 @dataclass
 class Pools:
-    """Per-bias-type sentence pools of the train split."""
+    """Per-bias-type sentence pools of the train split (``cf_stereo`` / ``cf_anti``: the counterfactuals
+    of the stereotypes / anti-stereotypes of the types with counterfactual retention)."""
 
     stereo: dict[str, list[TrainItem]]
     anti: dict[str, list[TrainItem]]
     unrelated: list[TrainItem]
+    cf_stereo: dict[str, list[TrainItem]] = field(default_factory=dict)
+    cf_anti: dict[str, list[TrainItem]] = field(default_factory=dict)
 
     def counts(self) -> dict[str, dict[str, int]]:
         return {t: {"stereotype": len(self.stereo.get(t, [])), "anti-stereotype": len(self.anti.get(t, []))}
@@ -154,9 +164,47 @@ def protected_wordlists(protect_words: str, protect_scope: str = "other") -> dic
     return out
 
 
+def counterfactual_wordlists(types: str) -> dict[str, object]:
+    """``{bias type: word list}`` of ``--counterfactual-retain`` (comma-separated bias types), checked."""
+    from biasunlearn.baselines.cafie import load_wordlist
+
+    out = {}
+    for name in (w.strip() for w in types.split(",") if w.strip()):
+        if name not in BIAS_TYPES or name == "profession":
+            raise ConfigError(f"--counterfactual-retain: expected bias types with a word list (gender, race, "
+                              f"religion), got {name!r}")
+        out[name] = load_wordlist(name)
+    return out
+
+
+def flip_words(text: str, wordlist, shift: int = 1) -> str:
+    """``text`` with each group word of ``wordlist`` replaced by its counterpart ``shift`` columns on
+    (cyclically; with two columns every word is flipped: he <-> she, mother <-> father), case kept."""
+    parts, last = [], 0
+    for m in wordlist.find(text):
+        parts += [text[last:m.start], wordlist.counterpart(text[m.start:m.end], (m.column + shift)
+                                                           % wordlist.n_columns, m.line)]
+        last = m.end
+    parts.append(text[last:])
+    return "".join(parts)
+
+
+def counterfactual_examples(ex: StereoExample, wordlist) -> list[StereoExample]:
+    """The counterfactuals of ``ex``: its context and sentences with the group words flipped, one per
+    column shift of ``wordlist`` (one for a two-column list); none when ``ex`` has no group word."""
+    if not wordlist.find(" ".join([ex.context, *(s.text for s in ex.sentences)])):
+        return []
+    out = []
+    for k in range(1, wordlist.n_columns):
+        sents = tuple(replace(s, text=flip_words(s.text, wordlist, k)) for s in ex.sentences)
+        out.append(replace(ex, id=f"{ex.id}~cf{k}", context=flip_words(ex.context, wordlist, k), sentences=sents))
+    return out
+
+
 def build_pools(examples: Sequence[StereoExample], region: str = "from_blank",
                 tasks: Sequence[str] = ("intrasentence", "intersentence"), grouping: str = "type",
-                protect_words: str = "", protect_scope: str = "other", sentiment: bool = False) -> Pools:
+                protect_words: str = "", protect_scope: str = "other", sentiment: bool = False,
+                counterfactual: str = "") -> Pools:
     """Per-group pools (groups: :func:`group_key`), in bias-type order.
 
     ``protect_words``: comma-separated bias types (gender, race, religion) whose word lists are cut out
@@ -165,10 +213,16 @@ def build_pools(examples: Sequence[StereoExample], region: str = "from_blank",
     docstring); an example left with nothing to learn from in either sentence is dropped.
 
     ``sentiment``: label each item with its example's sentiment direction (for ``positive_share`` in
-    :class:`ChunkStream`)."""
+    :class:`ChunkStream`).
+
+    ``counterfactual``: comma-separated bias types whose stereotypes and anti-stereotypes get their
+    counterfactuals (:func:`counterfactual_examples`, same loss region) in ``cf_stereo`` / ``cf_anti``,
+    which :class:`ChunkStream` adds to the retain pool (see the module docstring)."""
     lists = protected_wordlists(protect_words, protect_scope)
+    cf_lists = counterfactual_wordlists(counterfactual)
     stereo: dict[str, list[TrainItem]] = {}
     anti: dict[str, list[TrainItem]] = {}
+    cf: dict[str, dict[str, list[TrainItem]]] = {"stereotype": {}, "anti-stereotype": {}}
     unrelated: list[TrainItem] = []
     n_protected = n_dropped = 0
     for ex in examples:
@@ -188,6 +242,15 @@ def build_pools(examples: Sequence[StereoExample], region: str = "from_blank",
             n_protected += any(it.exclude for it in pair)  # type: ignore[union-attr]
             stereo.setdefault(key, []).append(pair[0])  # type: ignore[arg-type]
             anti.setdefault(key, []).append(pair[1])  # type: ignore[arg-type]
+            for cex in counterfactual_examples(ex, cf_lists[ex.bias_type]) if ex.bias_type in cf_lists else ():
+                for label, orig in zip(("stereotype", "anti-stereotype"), pair, strict=True):
+                    item: TrainItem | None = replace(loss_region(cex, label, region),
+                                                     sentiment=orig.sentiment)  # type: ignore[union-attr]
+                    for own, wl in lists.items():
+                        if item is not None and (ex.bias_type != own or protect_scope == "all"):
+                            item = protect(item, wl)
+                    if item is not None:
+                        cf[label].setdefault(key, []).append(item)
         unrelated.append(loss_region(ex, "unrelated", region))
     if lists:
         log.info("protected words (%s): cut out of %d example(s); %d example(s) with nothing else to learn "
@@ -198,9 +261,14 @@ def build_pools(examples: Sequence[StereoExample], region: str = "from_blank",
         log.info("sentiment directions of the stereotypes (positive/negative/neutral): %s", ", ".join(
             f"{k} {'/'.join(str(sum(i.sentiment == d for i in v)) for d in DIRECTIONS)}"
             for k, v in stereo.items()))
+    if cf_lists:
+        counts = ", ".join(f"{k} {len(v)} of {len(stereo[k])} stereotypes" for k, v in cf["stereotype"].items())
+        log.info("counterfactual retention (%s): %s", ",".join(cf_lists), counts or "no group words found")
     order = sorted(stereo, key=lambda k: (BIAS_TYPES.index(k.split("/")[0]) if k.split("/")[0] in BIAS_TYPES
                                           else len(BIAS_TYPES), k))
-    return Pools({t: stereo[t] for t in order}, {t: anti[t] for t in order}, unrelated)
+    return Pools({t: stereo[t] for t in order}, {t: anti[t] for t in order}, unrelated,
+                 {t: cf["stereotype"][t] for t in order if t in cf["stereotype"]},
+                 {t: cf["anti-stereotype"][t] for t in order if t in cf["anti-stereotype"]})
 
 
 @dataclass
@@ -347,9 +415,12 @@ class ChunkStream(torch.utils.data.IterableDataset):
         return self.pools.stereo[t] + self.adv_anti[t]
 
     def retain_pool(self, t: str) -> list[TrainItem]:
+        """The type's retain sentences, plus the counterfactuals of its forget sentences (when built)."""
         if self.retain_set == "both":  # SFT: stereotypes and anti-stereotypes 1:1
             return self.pools.stereo[t] + self.pools.anti[t]
-        return self.pools.stereo[t] if self.swap_state.is_swapped(t) else self.pools.anti[t]
+        if self.swap_state.is_swapped(t):
+            return self.pools.stereo[t] + self.pools.cf_anti.get(t, [])
+        return self.pools.anti[t] + self.pools.cf_stereo.get(t, [])
 
     def __iter__(self) -> Iterator[dict[str, list[Encoded]]]:
         info = torch.utils.data.get_worker_info()
