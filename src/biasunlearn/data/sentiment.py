@@ -38,8 +38,10 @@ def _analyzer() -> Callable[[str], float]:
     return lambda text: float(analyzer.polarity_scores(text)["compound"])
 
 
+@lru_cache(maxsize=1 << 16)
 def valence(text: str) -> float:
-    """VADER compound score of ``text``, in [-1, 1] (negative to positive)."""
+    """VADER compound score of ``text``, in [-1, 1] (negative to positive); cached per text, so that
+    grouping the same examples twice (per bias type, then per target) scores each sentence once."""
     return _analyzer()(text)
 
 
