@@ -886,6 +886,13 @@ def test_counterfactual_pools_hold_the_flipped_sentences_with_their_regions():
     assert {_region(it) for it in both.cf_stereo["religion"]} == {"strict"} and len(both.cf_stereo["religion"]) == 2
 
 
+def test_counterfactual_log_counts_stereotypes_not_copies(caplog):
+    with caplog.at_level("INFO", logger="biasunlearn.methods.data"):
+        build_pools(_cf_examples(), region="blank_only", counterfactual="gender,religion")
+    line = next(r.getMessage() for r in caplog.records if "counterfactual retention" in r.getMessage())
+    assert "gender 2 of 3 stereotypes" in line and "religion 1 of 1 stereotypes" in line  # religion: 2 copies
+
+
 def test_counterfactuals_join_the_retain_pool_and_follow_swaps(byte_tok):
     pools = build_pools(_cf_examples(), region="blank_only", counterfactual="gender")
     s = ChunkStream(pools, byte_tok, 0, seed=3, adversarial_fraction=0.0, type_sampling="balanced")

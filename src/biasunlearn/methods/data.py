@@ -262,7 +262,9 @@ def build_pools(examples: Sequence[StereoExample], region: str = "from_blank",
             f"{k} {'/'.join(str(sum(i.sentiment == d for i in v)) for d in DIRECTIONS)}"
             for k, v in stereo.items()))
     if cf_lists:
-        counts = ", ".join(f"{k} {len(v)} of {len(stereo[k])} stereotypes" for k, v in cf["stereotype"].items())
+        # stereotypes with a counterfactual (a list of n columns gives each n - 1 of them)
+        counts = ", ".join(f"{k} {len({it.example_id.rsplit('~cf', 1)[0] for it in v})} of {len(stereo[k])} stereotypes"
+                           for k, v in cf["stereotype"].items())
         log.info("counterfactual retention (%s): %s", ",".join(cf_lists), counts or "no group words found")
     order = sorted(stereo, key=lambda k: (BIAS_TYPES.index(k.split("/")[0]) if k.split("/")[0] in BIAS_TYPES
                                           else len(BIAS_TYPES), k))
