@@ -149,32 +149,38 @@ def protect(item: TrainItem, wordlist) -> TrainItem | None:
 PROTECT_SCOPES = ("other", "all")
 
 
-def protected_wordlists(protect_words: str, protect_scope: str = "other") -> dict[str, object]:
-    """``{bias type: word list}`` of ``--protect-words``, after checking it and ``--protect-scope``."""
-    from biasunlearn.baselines.cafie import load_wordlist
-
-    if protect_scope not in PROTECT_SCOPES:
-        raise ConfigError(f"--protect-scope: expected one of {', '.join(PROTECT_SCOPES)}, got {protect_scope!r}")
-    out = {}
-    for name in (w.strip() for w in protect_words.split(",") if w.strip()):
-        if name not in BIAS_TYPES or name == "profession":
-            raise ConfigError(f"--protect-words: expected bias types with a word list (gender, race, religion), "
-                              f"got {name!r}")
-        out[name] = load_wordlist(name)
-    return out
-
-
-def counterfactual_wordlists(types: str) -> dict[str, object]:
-    """``{bias type: word list}`` of ``--counterfactual-retain`` (comma-separated bias types), checked."""
+def _type_wordlists(types: str, flag: str) -> dict[str, object]:
+    """``{bias type: word list}`` of a comma-separated list of bias types with a word list; an error names
+    ``flag``."""
     from biasunlearn.baselines.cafie import load_wordlist
 
     out = {}
     for name in (w.strip() for w in types.split(",") if w.strip()):
         if name not in BIAS_TYPES or name == "profession":
-            raise ConfigError(f"--counterfactual-retain: expected bias types with a word list (gender, race, "
-                              f"religion), got {name!r}")
+            raise ConfigError(f"{flag}: expected bias types with a word list (gender, race, religion), got {name!r}")
         out[name] = load_wordlist(name)
     return out
+
+
+def protected_wordlists(protect_words: str, protect_scope: str = "other") -> dict[str, object]:
+    """``{bias type: word list}`` of ``--protect-words``, after checking it and ``--protect-scope``."""
+    if protect_scope not in PROTECT_SCOPES:
+        raise ConfigError(f"--protect-scope: expected one of {', '.join(PROTECT_SCOPES)}, got {protect_scope!r}")
+    return _type_wordlists(protect_words, "--protect-words")
+
+
+def _protected(item: TrainItem | None, bias_type: str, lists: dict[str, object], scope: str) -> TrainItem | None:
+    """``item`` (of a ``bias_type`` sentence) after :func:`protect` with each list that applies to it under
+    ``scope``; None when nothing is left to learn from."""
+    for own, wl in lists.items():
+        if item is not None and (bias_type != own or scope == "all"):
+            item = protect(item, wl)
+    return item
+
+
+def counterfactual_wordlists(types: str) -> dict[str, object]:
+    """``{bias type: word list}`` of ``--counterfactual-retain`` (comma-separated bias types), checked."""
+    return _type_wordlists(types, "--counterfactual-retain")
 
 
 def flip_words(text: str, wordlist, shift: int = 1) -> str:
@@ -233,9 +239,7 @@ def build_pools(examples: Sequence[StereoExample], region: str = "from_blank",
         if sentiment:
             direction = sentiment_direction(ex)
             pair = [replace(it, sentiment=direction) if it is not None else None for it in pair]
-        for own, wl in lists.items():
-            if ex.bias_type != own or protect_scope == "all":
-                pair = [protect(it, wl) if it is not None else None for it in pair]
+        pair = [_protected(it, ex.bias_type, lists, protect_scope) for it in pair]
         if None in pair:
             n_dropped += 1
         else:
@@ -244,11 +248,8 @@ def build_pools(examples: Sequence[StereoExample], region: str = "from_blank",
             anti.setdefault(key, []).append(pair[1])  # type: ignore[arg-type]
             for cex in counterfactual_examples(ex, cf_lists[ex.bias_type]) if ex.bias_type in cf_lists else ():
                 for label, orig in zip(("stereotype", "anti-stereotype"), pair, strict=True):
-                    item: TrainItem | None = replace(loss_region(cex, label, region),
-                                                     sentiment=orig.sentiment)  # type: ignore[union-attr]
-                    for own, wl in lists.items():
-                        if item is not None and (ex.bias_type != own or protect_scope == "all"):
-                            item = protect(item, wl)
+                    item = _protected(replace(loss_region(cex, label, region), sentiment=orig.sentiment),  # type: ignore[union-attr]
+                                      ex.bias_type, lists, protect_scope)
                     if item is not None:
                         cf[label].setdefault(key, []).append(item)
         unrelated.append(loss_region(ex, "unrelated", region))
