@@ -195,6 +195,9 @@ def flip_words(text: str, wordlist, shift: int = 1) -> str:
     return "".join(parts)
 
 
+CF_ID_SUFFIX = "~cf"  # a counterfactual's id: the original's id, this suffix and its column shift
+
+
 def counterfactual_examples(ex: StereoExample, wordlist) -> list[StereoExample]:
     """The counterfactuals of ``ex``: its context and sentences with the group words flipped, one per
     column shift of ``wordlist`` (one for a two-column list); none when ``ex`` has no group word."""
@@ -203,7 +206,8 @@ def counterfactual_examples(ex: StereoExample, wordlist) -> list[StereoExample]:
     out = []
     for k in range(1, wordlist.n_columns):
         sents = tuple(replace(s, text=flip_words(s.text, wordlist, k)) for s in ex.sentences)
-        out.append(replace(ex, id=f"{ex.id}~cf{k}", context=flip_words(ex.context, wordlist, k), sentences=sents))
+        out.append(replace(ex, id=f"{ex.id}{CF_ID_SUFFIX}{k}", context=flip_words(ex.context, wordlist, k),
+                           sentences=sents))
     return out
 
 
@@ -264,8 +268,8 @@ def build_pools(examples: Sequence[StereoExample], region: str = "from_blank",
             for k, v in stereo.items()))
     if cf_lists:
         # stereotypes with a counterfactual (a list of n columns gives each n - 1 of them)
-        counts = ", ".join(f"{k} {len({it.example_id.rsplit('~cf', 1)[0] for it in v})} of {len(stereo[k])} stereotypes"
-                           for k, v in cf["stereotype"].items())
+        counts = ", ".join(f"{k} {len({it.example_id.rsplit(CF_ID_SUFFIX, 1)[0] for it in v})} of "
+                           f"{len(stereo[k])} stereotypes" for k, v in cf["stereotype"].items())
         log.info("counterfactual retention (%s): %s", ",".join(cf_lists), counts or "no group words found")
     order = sorted(stereo, key=lambda k: (BIAS_TYPES.index(k.split("/")[0]) if k.split("/")[0] in BIAS_TYPES
                                           else len(BIAS_TYPES), k))
