@@ -34,6 +34,7 @@ from biasunlearn.methods.data import (
     SwapState,
     build_pools,
     collate_chunk,
+    parse_type_shares,
 )
 from biasunlearn.methods.objective import METHODS, ObjectiveWeights
 from biasunlearn.models import DEFAULT_MODEL, load_model_and_tokenizer, lora_target_modules, model_info
@@ -113,6 +114,8 @@ class TrainConfig:
             examples whose stereotype is the more positive sentence of the pair (VADER valence; the rest go
             to those whose stereotype is the more negative one): 0.5 balances the two, so the model cannot
             lower SS just by preferring pleasant sentences; needs vaderSentiment.
+        positive_share_types: per-type overrides of positive_share, e.g. gender=0.75 (comma-separated
+            TYPE=SHARE; the types not named keep positive_share); empty = none.
         counterfactual_retain: comma-separated bias types with a word list (gender, race, religion) whose
             forget sentences' counterfactuals (group words flipped: mother <-> father) join the retain set, so
             the attribute is unlearned for one group and kept for the other; empty = off (the paper's sets).
@@ -171,6 +174,7 @@ class TrainConfig:
     rest_balanced: bool = False
     type_sampling: str = "adaptive"
     positive_share: float = 0.0
+    positive_share_types: str = ""
     counterfactual_retain: str = ""
     early_stop: bool = True
     control_patience: int = 1
@@ -200,6 +204,7 @@ class TrainConfig:
             raise ConfigError(f"--loss-region: expected one of {', '.join(REGIONS)}, got {self.loss_region!r}")
         if not 0.0 <= self.positive_share <= 1.0:
             raise ConfigError(f"--positive-share must be in [0, 1] (0 = off), got {self.positive_share}")
+        parse_type_shares(self.positive_share_types)
         if self.learning_rate <= 0:
             raise ConfigError(f"--learning-rate must be > 0, got {self.learning_rate}")
         if self.max_steps < 1:
@@ -272,8 +277,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info("LoRA r=%d on %s: %d trainable parameters", cfg.lora_r, ",".join(targets), n_trainable)
 
+    shares = parse_type_shares(cfg.positive_share_types)
     pools = build_pools(splits.train, cfg.loss_region, tasks, cfg.control_groups, cfg.protect_words,
-                        cfg.protect_scope, sentiment=cfg.positive_share > 0,
+                        cfg.protect_scope,
+                        sentiment=cfg.positive_share > 0 or any(shares.values()),
                         counterfactual=cfg.counterfactual_retain if method.retain else "")
     swap = SwapState()
     history: list[dict[str, Any]] = []
@@ -295,7 +302,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     stream = ChunkStream(pools, tok, start_id, n_forget=cfg.n_forget if method.forget != "none" else 0,
                          n_retain=n_retain, n_kl=cfg.n_kl if method.kl else 0, retain_set=method.retain_set,
                          adversarial_fraction=adv, seed=cfg.seed, swap_state=swap, max_length=cfg.max_length,
-                         type_sampling=cfg.type_sampling, positive_share=cfg.positive_share)
+                         type_sampling=cfg.type_sampling, positive_share=cfg.positive_share,
+                         positive_share_types=shares)
     ccfg = ControlConfig(signal=cfg.control_signal, every=cfg.control_every, threshold=cfg.control_threshold,
                          z=cfg.control_z, tau=cfg.control_tau, grouping=cfg.control_groups,
                          swapping=method.swapping, on_reversed=cfg.on_reversed,

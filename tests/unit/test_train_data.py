@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import random
+import re
 from collections import Counter
 
 import pytest
@@ -21,6 +22,7 @@ from biasunlearn.methods.data import (
     collate_chunk,
     encode_item,
     loss_region,
+    parse_type_shares,
 )
 
 
@@ -822,6 +824,47 @@ def test_positive_share_checks(byte_tok):
         ChunkStream(_pools(), byte_tok, 0, positive_share=0.5)  # pools built without directions
     with pytest.raises(ConfigError, match="--positive-share"):
         ChunkStream(_sentiment_pools(), byte_tok, 0, positive_share=1.5)
+
+
+def _two_type_sentiment_pools():
+    """race and gender pools, each with 9 negative-stereotype and 3 positive-stereotype examples."""
+    exs = []
+    for t in ("race", "gender"):
+        exs += [_ex(f"{t}n{k}", "intersentence", f"{t} {k}.", f"{t} n{k} terrible", f"{t} n{k} wonderful",
+                    f"{t} n{k} U", t) for k in range(9)]
+        exs += [_ex(f"{t}p{k}", "intersentence", f"{t} {k}.", f"{t} p{k} wonderful", f"{t} p{k} terrible",
+                    f"{t} p{k} U", t) for k in range(3)]
+    return build_pools(exs, sentiment=True)
+
+
+def test_positive_share_types_overrides_one_type(byte_tok):
+    pools = _two_type_sentiment_pools()
+    s = ChunkStream(pools, byte_tok, 0, seed=3, adversarial_fraction=0.0, type_sampling="balanced",
+                    positive_share_types={"gender": 1.0})
+    assert (s.share_for("gender"), s.share_for("gender/intrasentence"), s.share_for("race")) == (1.0, 1.0, 0.0)
+    texts = _decoded(byte_tok, _take(s, 300), "retain")
+    gender = [t for t in texts if " gender " in t]
+    race = [t for t in texts if " race " in t]
+    assert gender and race
+    # gender: only the examples whose stereotype is the pleasant sentence; race: the pool's own 1 in 4
+    assert all(" gender p" in t for t in gender)
+    assert abs(sum(" race p" in t for t in race) / len(race) - 0.25) < 0.06
+
+
+def test_positive_share_types_parse_and_checks(byte_tok):
+    from biasunlearn.train import TrainConfig
+
+    assert parse_type_shares("") == {}
+    assert parse_type_shares("gender=0.75, race=0.5") == {"gender": 0.75, "race": 0.5}
+    for bad, msg in (("gender", "TYPE=SHARE"), ("age=0.5", "TYPE=SHARE"), ("gender=x", "number"),
+                     ("gender=1.5", r"\[0, 1\]"), ("gender=0.5,gender=0.6", "twice")):
+        with pytest.raises(ConfigError, match="--positive-share-types") as err:
+            parse_type_shares(bad)
+        assert re.search(msg, str(err.value)), (bad, str(err.value))
+    with pytest.raises(ConfigError, match="--positive-share-types"):
+        TrainConfig(positive_share_types="gender=2")
+    with pytest.raises(ConfigError, match="--positive-share"):  # pools built without directions
+        ChunkStream(_pools(), byte_tok, 0, positive_share_types={"race": 0.5})
 
 
 # --------------------------------------------------------------------------------------------------

@@ -340,6 +340,31 @@ def sentiment_weights(items: Sequence[TrainItem], positive_share: float = 0.5) -
     return out
 
 
+def parse_type_shares(spec: str, flag: str = "--positive-share-types") -> dict[str, float]:
+    """``"gender=0.75,race=0.5"`` -> ``{"gender": 0.75, "race": 0.5}``; empty -> ``{}``.
+
+    Each name must be a StereoSet bias type and each share lie in [0, 1]; the error names ``flag``."""
+    out: dict[str, float] = {}
+    for part in (p.strip() for p in spec.split(",")):
+        if not part:
+            continue
+        name, sep, value = part.partition("=")
+        name = name.strip()
+        if not sep or name not in BIAS_TYPES:
+            raise ConfigError(f"{flag}: expected TYPE=SHARE with TYPE one of {', '.join(BIAS_TYPES)}, "
+                              f"got {part!r}")
+        try:
+            share = float(value)
+        except ValueError:
+            raise ConfigError(f"{flag}: {name}'s share must be a number in [0, 1], got {value!r}") from None
+        if not 0.0 <= share <= 1.0:
+            raise ConfigError(f"{flag}: {name}'s share must be in [0, 1] (0 = off), got {share}")
+        if name in out:
+            raise ConfigError(f"{flag}: {name} is given twice")
+        out[name] = share
+    return out
+
+
 class _Cycler:
     """Endless shuffled passes over a list (reshuffled each pass)."""
 
@@ -383,12 +408,15 @@ class ChunkStream(torch.utils.data.IterableDataset):
     ``positive_share`` and to those whose stereotype is the more negative one otherwise
     (:func:`sentiment_weights`; 0.5 balances the two, 1 draws only the positive ones), so that the forget
     and retain terms cannot lower SS just by teaching the model to prefer pleasant sentences.
+    ``positive_share_types`` overrides that share for the bias types it names (``{"gender": 0.75}``;
+    a pool key ``gender/intrasentence`` follows ``gender``); the others keep ``positive_share``.
     """
 
     def __init__(self, pools: Pools, tokenizer, start_id: int, *, n_forget: int = 4, n_retain: int = 28,
                  n_kl: int = 8, adversarial_fraction: float = 0.25, seed: int = 0,
                  swap_state: SwapState | None = None, max_length: int = 128, type_sampling: str = "size",
-                 retain_set: str = "anti", positive_share: float = 0.0) -> None:
+                 retain_set: str = "anti", positive_share: float = 0.0,
+                 positive_share_types: dict[str, float] | None = None) -> None:
         super().__init__()
         if not 0.0 <= adversarial_fraction <= 1.0:
             raise ConfigError(f"--adversarial-fraction must be in [0, 1], got {adversarial_fraction}")
@@ -405,16 +433,25 @@ class ChunkStream(torch.utils.data.IterableDataset):
         self.retain_set = retain_set
         if not 0.0 <= positive_share <= 1.0:
             raise ConfigError(f"--positive-share must be in [0, 1] (0 = off), got {positive_share}")
-        if positive_share and any(not it.sentiment for items in (*pools.stereo.values(), *pools.anti.values())
-                                  for it in items):
+        self.positive_share = positive_share
+        self.positive_share_types = dict(positive_share_types or {})
+        for t, share in self.positive_share_types.items():
+            if t not in BIAS_TYPES or not 0.0 <= share <= 1.0:
+                raise ConfigError(f"--positive-share-types: expected a bias type and a share in [0, 1], "
+                                  f"got {t}={share}")
+        shared = [t for t in pools.stereo if self.share_for(t)]
+        if any(not it.sentiment for t in shared for items in (pools.stereo[t], pools.anti[t]) for it in items):
             raise ConfigError("--positive-share: the pools carry no sentiment directions "
                               "(build them with build_pools(..., sentiment=True))")
-        self.positive_share = positive_share
         rng = random.Random(seed)
         # Fixed adversarial subsets: a seeded fraction of each type's anti-stereotypes (and of its
         # stereotypes, used when the type is swapped).
         self.adv_anti = {t: rng.sample(v, round(adversarial_fraction * len(v))) for t, v in pools.anti.items()}
         self.adv_stereo = {t: rng.sample(v, round(adversarial_fraction * len(v))) for t, v in pools.stereo.items()}
+
+    def share_for(self, t: str) -> float:
+        """The positive share of pool key ``t`` (0 = draw in proportion to the pool)."""
+        return self.positive_share_types.get(t.split("/")[0], self.positive_share)
 
     def forget_pool(self, t: str) -> list[TrainItem]:
         if self.swap_state.is_swapped(t):
@@ -444,9 +481,9 @@ class ChunkStream(torch.utils.data.IterableDataset):
             for t in rng.choices(types, weights=[weights[t] for t in types], k=n) if n else []:
                 base = (role, t, self.swap_state.is_swapped(t))
                 direction = ""
-                if self.positive_share:
+                if self.share_for(t):
                     if base not in directions:
-                        w = sentiment_weights(pools[t], self.positive_share)
+                        w = sentiment_weights(pools[t], self.share_for(t))
                         directions[base] = (list(w), list(w.values()))
                     names, probs = directions[base]
                     direction = rng.choices(names, weights=probs)[0]
