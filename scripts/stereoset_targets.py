@@ -9,6 +9,9 @@ scores higher than its anti-stereotype.
     python scripts/stereoset_targets.py --gold ../shared/data/stereoset/dev.json --bias-type gender \\
         --before results/base-smollm2/stereoset_predictions.json \\
         --after results/biasunlearn-smollm2/stereoset_predictions.json
+
+With ``--scored-only`` the table covers only the gold file's examples that both predictions files score
+(for an evaluation of the train split, ``eval --split train``, whose examples are a part of test.json).
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--before", required=True, type=Path, help="stereoset_predictions.json before")
     ap.add_argument("--after", required=True, type=Path, help="stereoset_predictions.json after")
     ap.add_argument("--bias-type", default="gender", help="gender, profession, race or religion")
+    ap.add_argument("--scored-only", action="store_true",
+                    help="leave out the gold examples that the predictions do not score (a split of the file)")
     args = ap.parse_args(argv)
     try:
         examples = [e for e in load_stereoset(args.gold) if e.bias_type == args.bias_type]
@@ -47,6 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     if not examples:
         sys.exit(f"--bias-type: no {args.bias_type!r} examples in {args.gold}")
     before, after = _scores(args.before), _scores(args.after)
+    if args.scored_only:
+        examples = [e for e in examples if all(s.id in before and s.id in after for s in e.sentences)]
+        if not examples:
+            sys.exit(f"--before/--after: no {args.bias_type!r} example of {args.gold} is scored in both")
     missing = [s.id for e in examples for s in e.sentences if s.id not in before or s.id not in after]
     if missing:
         sys.exit(f"--before/--after: {len(missing)} sentences of {args.gold} have no score (first: {missing[0]})")

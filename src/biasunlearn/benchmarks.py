@@ -51,6 +51,7 @@ class EvalContext:
     scoring: ScoringConfig
     split: str = "report"
     limit: int = 0
+    bias_types: tuple[str, ...] = ()
     seed: int = 0
     control_per_type: int = 150
     control_by: str = "target"
@@ -115,6 +116,8 @@ def score_stereoset(model, tokenizer, examples: list[StereoExample], cfg: Scorin
 def run_stereoset(model, tokenizer, ctx: EvalContext) -> BenchmarkResult:
     examples = split_by_name(ctx.data_dir, ctx.split, seed=ctx.seed, control_per_type=ctx.control_per_type,
                              control_by=ctx.control_by)
+    if ctx.bias_types:
+        examples = [e for e in examples if e.bias_type in ctx.bias_types]
     examples = limit_per_task(examples, ctx.limit)
     log.info("StereoSet %s split: %d examples (%d sentences)", ctx.split, len(examples), 3 * len(examples))
     scores = score_stereoset(model, tokenizer, examples, ctx.scoring, ctx.score_fn)

@@ -23,6 +23,7 @@ from typing import Any
 from biasunlearn.benchmarks import BENCHMARKS, EvalContext
 from biasunlearn.data.paths import resolve_data_dir
 from biasunlearn.data.splits import SPLIT_NAMES
+from biasunlearn.data.stereoset import parse_bias_types
 from biasunlearn.errors import ConfigError, ModelError
 from biasunlearn.models import DEFAULT_MODEL, load_model_and_tokenizer, model_info
 from biasunlearn.partial import ResumableScorer
@@ -46,6 +47,8 @@ class EvalConfig:
         benchmarks: comma-separated benchmark names (stereoset, crows_pairs, bbq: --limit per category, no --split).
         split: StereoSet split to evaluate: report (dev.json), control or train.
         limit: evaluate only the first N examples per StereoSet task / N CrowS-Pairs pairs (0 = all).
+        bias_types: comma-separated StereoSet bias types to evaluate (gender, profession, race, religion;
+            empty = all). Only StereoSet is filtered.
         out: output folder for results.json and the predictions files (empty: write nothing); while the
             evaluation runs, its finished scores are kept in out/partial/ and a rerun continues from them.
         data_dir: benchmark data folder (default: $BIASUNLEARN_DATA, then the user cache).
@@ -67,6 +70,7 @@ class EvalConfig:
     benchmarks: str = "stereoset,crows_pairs"
     split: str = "report"
     limit: int = 0
+    bias_types: str = ""
     out: str = ""
     data_dir: str = ""
     seed: int = 0
@@ -84,6 +88,7 @@ class EvalConfig:
             raise ConfigError(f"--split: expected one of {', '.join(SPLIT_NAMES)}, got {self.split!r}")
         if self.limit < 0:
             raise ConfigError(f"--limit must be >= 0, got {self.limit}")
+        parse_bias_types(self.bias_types)
         BENCHMARKS.parse_list(self.benchmarks)
         if self.bbq_mode not in ("likelihood", "generate"):
             raise ConfigError(f"--bbq-mode: expected likelihood or generate, got {self.bbq_mode!r}")
@@ -158,7 +163,8 @@ def evaluate(
         raise ConfigError("evaluate(model=...) needs the matching tokenizer=")
     load_s = time.time() - t0
     ctx = EvalContext(data_dir=data_dir, scoring=cfg.scoring, split=cfg.split, limit=cfg.limit, seed=cfg.seed,
-                      control_per_type=cfg.control_per_type, control_by=cfg.control_by, bbq_mode=cfg.bbq_mode)
+                      bias_types=parse_bias_types(cfg.bias_types), control_per_type=cfg.control_per_type,
+                      control_by=cfg.control_by, bbq_mode=cfg.bbq_mode)
     if cfg.method:
         from biasunlearn.baselines import DECODING_BASELINES
 
@@ -178,7 +184,7 @@ def evaluate(
     if cfg.out and resolved is not None:
         # Long scorings keep their finished chunks in out/partial and continue after a kill. Only for a
         # model loaded here: its weights' checksum is known (an in-memory model's weights are not).
-        opts = {k: v for k, v in results["config"].items() if k not in ("benchmarks", "limit", "out")}
+        opts = {k: v for k, v in results["config"].items() if k not in ("benchmarks", "limit", "bias_types", "out")}
         fingerprint = {"version": results["biasunlearn_version"], "model": results["model"],
                        "adapter": results["adapter"], "options": opts}
         ctx.score_fn = ResumableScorer(ctx.score_fn, Path(cfg.out) / "partial", fingerprint)

@@ -34,6 +34,7 @@ from biasunlearn.methods.data import (
     SwapState,
     build_pools,
     collate_chunk,
+    parse_type_boost,
     parse_type_shares,
 )
 from biasunlearn.methods.objective import METHODS, ObjectiveWeights
@@ -110,6 +111,8 @@ class TrainConfig:
         type_sampling: how forget and retain items are spread over bias types: size (in proportion to
             each type's pool, the paper's uniform draw), balanced (each type equally often) or adaptive (in
             proportion to the type's distance from 50 on the latest control reading, plus 1 point).
+        type_boost: per-type factors on the draw weight that type_sampling gives, e.g. gender=3 (gender
+            drawn three times as often; comma-separated TYPE=FACTOR; the types not named keep 1); empty = none.
         positive_share: 0 (off) or the share, within each bias type, of the non-neutral draws that go to
             examples whose stereotype is the more positive sentence of the pair (VADER valence; the rest go
             to those whose stereotype is the more negative one): 0.5 balances the two, so the model cannot
@@ -173,6 +176,7 @@ class TrainConfig:
     on_reversed: str = "swap"
     rest_balanced: bool = False
     type_sampling: str = "adaptive"
+    type_boost: str = ""
     positive_share: float = 0.0
     positive_share_types: str = ""
     counterfactual_retain: str = ""
@@ -205,6 +209,7 @@ class TrainConfig:
         if not 0.0 <= self.positive_share <= 1.0:
             raise ConfigError(f"--positive-share must be in [0, 1] (0 = off), got {self.positive_share}")
         parse_type_shares(self.positive_share_types)
+        parse_type_boost(self.type_boost)
         if self.learning_rate <= 0:
             raise ConfigError(f"--learning-rate must be > 0, got {self.learning_rate}")
         if self.max_steps < 1:
@@ -303,7 +308,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                          n_retain=n_retain, n_kl=cfg.n_kl if method.kl else 0, retain_set=method.retain_set,
                          adversarial_fraction=adv, seed=cfg.seed, swap_state=swap, max_length=cfg.max_length,
                          type_sampling=cfg.type_sampling, positive_share=cfg.positive_share,
-                         positive_share_types=shares)
+                         positive_share_types=shares, type_boost=parse_type_boost(cfg.type_boost))
     ccfg = ControlConfig(signal=cfg.control_signal, every=cfg.control_every, threshold=cfg.control_threshold,
                          z=cfg.control_z, tau=cfg.control_tau, grouping=cfg.control_groups,
                          swapping=method.swapping, on_reversed=cfg.on_reversed,

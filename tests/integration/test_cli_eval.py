@@ -54,6 +54,34 @@ def test_eval_end_to_end(tiny_model_dir, fixture_data_dir, tmp_path, capsys):
     assert by_sent == ss_by_sentiment(report, scores)
 
 
+def test_eval_bias_types_scores_only_those_types(tiny_model_dir, fixture_data_dir, tmp_path, capsys):
+    """``--bias-types gender,race`` scores exactly the report split's gender and race examples, with the
+    scores a full evaluation gives them."""
+    base = ["-q", "eval", "--model", str(tiny_model_dir), "--data-dir", str(fixture_data_dir),
+            "--benchmarks", "stereoset", "--no-progress", "--batch-size", "5"]
+    outs = {}
+    for name, extra in (("all", []), ("some", ["--bias-types", "gender,race"])):
+        outs[name] = tmp_path / name
+        code, _, _ = _run(base + extra + ["--out", str(outs[name])], capsys)
+        assert code == 0
+    report = split_by_name(fixture_data_dir, "report")
+    wanted = [e for e in report if e.bias_type in ("gender", "race")]
+    assert 0 < len(wanted) < len(report)
+    res = json.loads((outs["some"] / "results.json").read_text())
+    st = res["benchmarks"]["stereoset"]
+    assert res["config"]["bias_types"] == "gender,race"
+    assert st["n_items"] == st["metrics"]["both"]["overall"]["Count"] == len(wanted)
+    assert set(st["metrics"]["both"]) == {"overall", "gender", "race"}
+
+    def scores(out):
+        pred = json.loads((out / "stereoset_predictions.json").read_text())
+        return {p["id"]: p["score"] for task in pred.values() for p in task}
+
+    some, full = scores(outs["some"]), scores(outs["all"])
+    assert set(some) == {s.id for e in wanted for s in e.sentences}
+    assert all(some[i] == pytest.approx(full[i], abs=1e-5) for i in some)
+
+
 def test_eval_yaml_config_and_flag_override(tiny_model_dir, fixture_data_dir, tmp_path, capsys):
     cfg = tmp_path / "eval.yaml"
     cfg.write_text(
@@ -73,6 +101,8 @@ def test_eval_yaml_config_and_flag_override(tiny_model_dir, fixture_data_dir, tm
     ("args", "needle"),
     [
         (["--split", "dev"], "--split"),
+        (["--bias-types", "gender,nope"], "--bias-types"),
+        (["--bias-types", "gender,gender"], "--bias-types"),
         (["--benchmarks", "stereoset,nope"], "--benchmarks"),
         (["--score-method", "max"], "--score-method"),
         (["--model", "/no/such/model"], "/no/such/model"),

@@ -60,3 +60,26 @@ def test_bad_input_names_the_file(tmp_path):
     partial.write_text(json.dumps({"intrasentence": []}))
     with pytest.raises(SystemExit, match="no score"):
         _load().main(["--gold", str(GOLD), "--before", str(partial), "--after", str(good)])
+
+
+def test_scored_only_keeps_the_examples_both_files_score(tmp_path, capsys):
+    """``--scored-only`` drops the examples the predictions leave out (a split of the gold file)."""
+    before = _preds(tmp_path, "b.json", {"sister": True, "grandfather": True})
+    after = _preds(tmp_path, "a.json", {"sister": True, "grandfather": False})
+    data = json.loads(after.read_text())
+    sister_ids = {s["id"] for exs in json.loads(GOLD.read_text())["data"].values() for ex in exs
+                  if ex["target"] == "sister" for s in ex["sentences"]}
+    assert sister_ids
+    after.write_text(json.dumps({t: [r for r in rows if r["id"] not in sister_ids] for t, rows in data.items()}))
+    args = ["--gold", str(GOLD), "--before", str(before), "--after", str(after)]
+    with pytest.raises(SystemExit, match="no score"):
+        _load().main(args)
+    assert _load().main([*args, "--scored-only"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2:] == ["| grandfather | 1 | 100.00 | 0.00 | -100.00 |",
+                         "| all gender | 1 | 100.00 | 0.00 | -100.00 |"]
+    gender_ids = {s["id"] for exs in json.loads(GOLD.read_text())["data"].values() for ex in exs
+                  if ex["bias_type"] == "gender" for s in ex["sentences"]}
+    after.write_text(json.dumps({t: [r for r in rows if r["id"] not in gender_ids] for t, rows in data.items()}))
+    with pytest.raises(SystemExit, match="scored in both"):
+        _load().main([*args, "--scored-only"])

@@ -13,6 +13,7 @@ import torch
 from biasunlearn.data.stereoset import LABELS, StereoExample, StereoSentence
 from biasunlearn.errors import ConfigError
 from biasunlearn.methods.data import (
+    ADAPTIVE_FLOOR,
     REGIONS,
     ChunkStream,
     Encoded,
@@ -22,7 +23,9 @@ from biasunlearn.methods.data import (
     collate_chunk,
     encode_item,
     loss_region,
+    parse_type_boost,
     parse_type_shares,
+    type_weights,
 )
 
 
@@ -865,6 +868,48 @@ def test_positive_share_types_parse_and_checks(byte_tok):
         TrainConfig(positive_share_types="gender=2")
     with pytest.raises(ConfigError, match="--positive-share"):  # pools built without directions
         ChunkStream(_pools(), byte_tok, 0, positive_share_types={"race": 0.5})
+
+
+def test_type_weights_boost_by_hand():
+    state = SwapState()
+    sizes = {"gender": 10, "race": 30, "gender/intrasentence": 5}
+    assert type_weights(sizes, "size", state, {"gender": 3.0}) == {"gender": 30.0, "race": 30.0,
+                                                                   "gender/intrasentence": 15.0}
+    assert type_weights(sizes, "balanced", state, {"race": 0.5}) == {"gender": 1.0, "race": 0.5,
+                                                                     "gender/intrasentence": 1.0}
+    state.distance = {"gender": 4.0, "race": -2.0}
+    w = type_weights({"gender": 10, "race": 30}, "adaptive", state, {"gender": 2.0})
+    assert w["gender"] == pytest.approx(2 * (4.0 + ADAPTIVE_FLOOR))
+    assert w["race"] == pytest.approx(2.0 + ADAPTIVE_FLOOR)
+
+
+def test_type_boost_draws_a_type_more_often(byte_tok):
+    pools = _two_type_sentiment_pools()
+    counts = {}
+    for boost in (None, {"gender": 3.0}):
+        s = ChunkStream(pools, byte_tok, 0, seed=3, adversarial_fraction=0.0, type_sampling="balanced",
+                        type_boost=boost)
+        texts = _decoded(byte_tok, _take(s, 200), "retain")
+        counts[bool(boost)] = sum(" gender " in t for t in texts) / len(texts)
+    assert abs(counts[False] - 0.5) < 0.06  # balanced: each of the two types half the draws
+    assert abs(counts[True] - 0.75) < 0.06  # gender three times race's weight: 3 in 4
+
+
+def test_type_boost_parse_and_checks(byte_tok):
+    from biasunlearn.train import TrainConfig
+
+    assert parse_type_boost("") == {}
+    assert parse_type_boost("gender=3, race=0.5") == {"gender": 3.0, "race": 0.5}
+    for bad, msg in (("gender", "TYPE=FACTOR"), ("age=2", "TYPE=FACTOR"), ("gender=x", "number"),
+                     ("gender=0", "> 0"), ("gender=-1", "> 0"), ("gender=inf", "finite"),
+                     ("gender=2,gender=3", "twice")):
+        with pytest.raises(ConfigError, match="--type-boost") as err:
+            parse_type_boost(bad)
+        assert re.search(msg, str(err.value)), (bad, str(err.value))
+    with pytest.raises(ConfigError, match="--type-boost"):
+        TrainConfig(type_boost="gender=0")
+    with pytest.raises(ConfigError, match="--type-boost"):
+        ChunkStream(_pools(), byte_tok, 0, type_boost={"gender": 0.0})
 
 
 # --------------------------------------------------------------------------------------------------

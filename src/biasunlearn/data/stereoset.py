@@ -26,6 +26,19 @@ LABELS = ("stereotype", "anti-stereotype", "unrelated")
 TASKS = ("intrasentence", "intersentence")
 
 
+def parse_bias_types(spec: str, flag: str = "--bias-types") -> tuple[str, ...]:
+    """``"gender,race"`` -> ``("gender", "race")``; empty -> ``()`` (meaning all types).
+
+    Each name must be a StereoSet bias type, given once; the error names ``flag``."""
+    names = [p.strip() for p in spec.split(",") if p.strip()]
+    for name in names:
+        if name not in BIAS_TYPES:
+            raise ConfigError(f"{flag}: unknown bias type {name!r}; expected some of {', '.join(BIAS_TYPES)}")
+    if len(set(names)) < len(names):
+        raise ConfigError(f"{flag}: a bias type is given twice in {spec!r}")
+    return tuple(names)
+
+
 @dataclass(frozen=True)
 class StereoSentence:
     id: str

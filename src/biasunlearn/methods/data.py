@@ -37,8 +37,9 @@ the group, not the attribute itself (or its sentiment).
 from __future__ import annotations
 
 import logging
+import math
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -299,14 +300,16 @@ TYPE_SAMPLING = ("size", "balanced", "adaptive")
 ADAPTIVE_FLOOR = 1.0  # SS points added to every type's distance, so that balanced types are still drawn
 
 
-def type_weights(sizes: dict[str, int], sampling: str, state: SwapState) -> dict[str, float]:
+def type_weights(sizes: dict[str, int], sampling: str, state: SwapState,
+                 boost: dict[str, float] | None = None) -> dict[str, float]:
     """Probability weight of each bias type when drawing forget / retain items.
 
     ``size``: proportional to the type's pool (the paper draws uniformly from the union of all types);
     ``balanced``: equal for every type; ``adaptive``: proportional to ``|SS_t − 50| + 1``, the type's
     distance from 50 on the latest control reading (``state.distance``; equal before the first reading),
-    so the types furthest from balance get the most updates and those near 50 few. Resting types get
-    weight 0, unless every type rests (then all are drawn as if none rested).
+    so the types furthest from balance get the most updates and those near 50 few. ``boost`` multiplies
+    the weight of the bias types it names (``{"gender": 3.0}``; a key ``gender/intrasentence`` follows
+    ``gender``). Resting types get weight 0, unless every type rests (then all are drawn as if none rested).
     """
     if sampling not in TYPE_SAMPLING:
         raise ConfigError(f"--type-sampling: expected one of {', '.join(TYPE_SAMPLING)}, got {sampling!r}")
@@ -314,6 +317,8 @@ def type_weights(sizes: dict[str, int], sampling: str, state: SwapState) -> dict
         base = {t: (abs(state.distance.get(t, 0.0)) + ADAPTIVE_FLOOR if n else 0.0) for t, n in sizes.items()}
     else:
         base = {t: float(n if sampling == "size" else (1 if n else 0)) for t, n in sizes.items()}
+    if boost:
+        base = {t: w * boost.get(t.split("/")[0], 1.0) for t, w in base.items()}
     active = {t: w for t, w in base.items() if not state.is_resting(t)}
     if not any(active.values()):
         return base
@@ -340,10 +345,10 @@ def sentiment_weights(items: Sequence[TrainItem], positive_share: float = 0.5) -
     return out
 
 
-def parse_type_shares(spec: str, flag: str = "--positive-share-types") -> dict[str, float]:
-    """``"gender=0.75,race=0.5"`` -> ``{"gender": 0.75, "race": 0.5}``; empty -> ``{}``.
-
-    Each name must be a StereoSet bias type and each share lie in [0, 1]; the error names ``flag``."""
+def _parse_type_values(spec: str, flag: str, what: str, valid: Callable[[float], bool], rule: str
+                       ) -> dict[str, float]:
+    """``"gender=A,race=B"`` -> ``{"gender": A, "race": B}``; empty -> ``{}``. Each name must be a
+    StereoSet bias type, given once, and each value pass ``valid``; errors name ``flag``."""
     out: dict[str, float] = {}
     for part in (p.strip() for p in spec.split(",")):
         if not part:
@@ -351,18 +356,50 @@ def parse_type_shares(spec: str, flag: str = "--positive-share-types") -> dict[s
         name, sep, value = part.partition("=")
         name = name.strip()
         if not sep or name not in BIAS_TYPES:
-            raise ConfigError(f"{flag}: expected TYPE=SHARE with TYPE one of {', '.join(BIAS_TYPES)}, "
+            raise ConfigError(f"{flag}: expected TYPE={what.upper()} with TYPE one of {', '.join(BIAS_TYPES)}, "
                               f"got {part!r}")
         try:
-            share = float(value)
+            number = float(value)
         except ValueError:
-            raise ConfigError(f"{flag}: {name}'s share must be a number in [0, 1], got {value!r}") from None
-        if not 0.0 <= share <= 1.0:
-            raise ConfigError(f"{flag}: {name}'s share must be in [0, 1] (0 = off), got {share}")
+            raise ConfigError(f"{flag}: {name}'s {what} must be a number {rule}, got {value!r}") from None
+        if not valid(number):
+            raise ConfigError(f"{flag}: {name}'s {what} must be {rule}, got {number}")
         if name in out:
             raise ConfigError(f"{flag}: {name} is given twice")
-        out[name] = share
+        out[name] = number
     return out
+
+
+def _is_share(x: float) -> bool:
+    return 0.0 <= x <= 1.0
+
+
+def _is_boost(x: float) -> bool:
+    return 0.0 < x < math.inf
+
+
+def _checked_type_values(values: dict[str, float] | None, flag: str, valid: Callable[[float], bool]
+                         ) -> dict[str, float]:
+    """A copy of a bias type -> value mapping given directly (not parsed from a flag), checked."""
+    out = dict(values or {})
+    for t, v in out.items():
+        if t not in BIAS_TYPES or not valid(v):
+            raise ConfigError(f"{flag}: expected bias types with valid values, got {t}={v}")
+    return out
+
+
+def parse_type_shares(spec: str, flag: str = "--positive-share-types") -> dict[str, float]:
+    """``"gender=0.75,race=0.5"`` -> ``{"gender": 0.75, "race": 0.5}``; empty -> ``{}``.
+
+    Each name must be a StereoSet bias type and each share lie in [0, 1]; the error names ``flag``."""
+    return _parse_type_values(spec, flag, "share", _is_share, "in [0, 1] (0 = off)")
+
+
+def parse_type_boost(spec: str, flag: str = "--type-boost") -> dict[str, float]:
+    """``"gender=3"`` -> ``{"gender": 3.0}``; empty -> ``{}``.
+
+    Each name must be a StereoSet bias type and each factor be finite and > 0; the error names ``flag``."""
+    return _parse_type_values(spec, flag, "factor", _is_boost, "finite and > 0")
 
 
 class _Cycler:
@@ -410,13 +447,17 @@ class ChunkStream(torch.utils.data.IterableDataset):
     and retain terms cannot lower SS just by teaching the model to prefer pleasant sentences.
     ``positive_share_types`` overrides that share for the bias types it names (``{"gender": 0.75}``;
     a pool key ``gender/intrasentence`` follows ``gender``); the others keep ``positive_share``.
+
+    ``type_boost`` multiplies the draw weight of the bias types it names (``{"gender": 3.0}``: gender
+    three times as often as ``type_sampling`` alone would draw it; see :func:`type_weights`).
     """
 
     def __init__(self, pools: Pools, tokenizer, start_id: int, *, n_forget: int = 4, n_retain: int = 28,
                  n_kl: int = 8, adversarial_fraction: float = 0.25, seed: int = 0,
                  swap_state: SwapState | None = None, max_length: int = 128, type_sampling: str = "size",
                  retain_set: str = "anti", positive_share: float = 0.0,
-                 positive_share_types: dict[str, float] | None = None) -> None:
+                 positive_share_types: dict[str, float] | None = None,
+                 type_boost: dict[str, float] | None = None) -> None:
         super().__init__()
         if not 0.0 <= adversarial_fraction <= 1.0:
             raise ConfigError(f"--adversarial-fraction must be in [0, 1], got {adversarial_fraction}")
@@ -434,11 +475,8 @@ class ChunkStream(torch.utils.data.IterableDataset):
         if not 0.0 <= positive_share <= 1.0:
             raise ConfigError(f"--positive-share must be in [0, 1] (0 = off), got {positive_share}")
         self.positive_share = positive_share
-        self.positive_share_types = dict(positive_share_types or {})
-        for t, share in self.positive_share_types.items():
-            if t not in BIAS_TYPES or not 0.0 <= share <= 1.0:
-                raise ConfigError(f"--positive-share-types: expected a bias type and a share in [0, 1], "
-                                  f"got {t}={share}")
+        self.positive_share_types = _checked_type_values(positive_share_types, "--positive-share-types", _is_share)
+        self.type_boost = _checked_type_values(type_boost, "--type-boost", _is_boost)
         shared = [t for t in pools.stereo if self.share_for(t)]
         if any(not it.sentiment for t in shared for items in (pools.stereo[t], pools.anti[t]) for it in items):
             raise ConfigError("--positive-share: the pools carry no sentiment directions "
@@ -476,7 +514,8 @@ class ChunkStream(torch.utils.data.IterableDataset):
 
         def draw(role: str, n: int) -> list[Encoded]:
             pools = {t: (self.forget_pool(t) if role == "forget" else self.retain_pool(t)) for t in types}
-            weights = type_weights({t: len(pools[t]) for t in types}, self.type_sampling, self.swap_state)
+            weights = type_weights({t: len(pools[t]) for t in types}, self.type_sampling, self.swap_state,
+                                   self.type_boost)
             out = []
             for t in rng.choices(types, weights=[weights[t] for t in types], k=n) if n else []:
                 base = (role, t, self.swap_state.is_swapped(t))
