@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+from script_loader import load_script
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "stereoset_sentiment.py"
 GOLD = Path(__file__).resolve().parents[1] / "fixtures" / "data" / "stereoset" / "dev.json"
 # the fixture's examples whose stereotype VADER reads as the more positive sentence
 POSITIVE_TARGETS = {"sister", "Buddhist", "Jewish"}
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("stereoset_sentiment", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("stereoset_sentiment")
 
 
 def _preds(tmp_path: Path, name: str, stereo_wins) -> Path:
