@@ -186,7 +186,8 @@ def test_new_training_options_are_validated_with_the_flag_named(tiny_model_dir, 
              (dict(control_signal="median"), "--control-signal"), (dict(on_reversed="flip"), "--on-reversed"),
              (dict(control_patience=0), "--control-patience"),
              (dict(counterfactual_retain="profession"), "--counterfactual-retain"),
-             (dict(positive_share_types="gender=1.5"), "--positive-share-types")]
+             (dict(positive_share_types="gender=1.5"), "--positive-share-types"),
+             (dict(type_boost="gender=0"), "--type-boost")]
     for kw, flag in cases:
         with pytest.raises(ConfigError, match=flag):
             _cfg(tiny_model_dir, fixture_data_dir, out, **kw)

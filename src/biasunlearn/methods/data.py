@@ -378,13 +378,17 @@ def _is_boost(x: float) -> bool:
     return 0.0 < x < math.inf
 
 
-def _checked_type_values(values: dict[str, float] | None, flag: str, valid: Callable[[float], bool]
-                         ) -> dict[str, float]:
+SHARE_RULE, BOOST_RULE = "in [0, 1] (0 = off)", "finite and > 0"
+
+
+def _checked_type_values(values: dict[str, float] | None, flag: str, valid: Callable[[float], bool],
+                         rule: str) -> dict[str, float]:
     """A copy of a bias type -> value mapping given directly (not parsed from a flag), checked."""
     out = dict(values or {})
     for t, v in out.items():
         if t not in BIAS_TYPES or not valid(v):
-            raise ConfigError(f"{flag}: expected bias types with valid values, got {t}={v}")
+            raise ConfigError(f"{flag}: expected bias types ({', '.join(BIAS_TYPES)}) with values {rule}, "
+                              f"got {t}={v}")
     return out
 
 
@@ -392,14 +396,14 @@ def parse_type_shares(spec: str, flag: str = "--positive-share-types") -> dict[s
     """``"gender=0.75,race=0.5"`` -> ``{"gender": 0.75, "race": 0.5}``; empty -> ``{}``.
 
     Each name must be a StereoSet bias type and each share lie in [0, 1]; the error names ``flag``."""
-    return _parse_type_values(spec, flag, "share", _is_share, "in [0, 1] (0 = off)")
+    return _parse_type_values(spec, flag, "share", _is_share, SHARE_RULE)
 
 
 def parse_type_boost(spec: str, flag: str = "--type-boost") -> dict[str, float]:
     """``"gender=3"`` -> ``{"gender": 3.0}``; empty -> ``{}``.
 
     Each name must be a StereoSet bias type and each factor be finite and > 0; the error names ``flag``."""
-    return _parse_type_values(spec, flag, "factor", _is_boost, "finite and > 0")
+    return _parse_type_values(spec, flag, "factor", _is_boost, BOOST_RULE)
 
 
 class _Cycler:
@@ -475,8 +479,9 @@ class ChunkStream(torch.utils.data.IterableDataset):
         if not 0.0 <= positive_share <= 1.0:
             raise ConfigError(f"--positive-share must be in [0, 1] (0 = off), got {positive_share}")
         self.positive_share = positive_share
-        self.positive_share_types = _checked_type_values(positive_share_types, "--positive-share-types", _is_share)
-        self.type_boost = _checked_type_values(type_boost, "--type-boost", _is_boost)
+        self.positive_share_types = _checked_type_values(positive_share_types, "--positive-share-types", _is_share,
+                                                         SHARE_RULE)
+        self.type_boost = _checked_type_values(type_boost, "--type-boost", _is_boost, BOOST_RULE)
         shared = [t for t in pools.stereo if self.share_for(t)]
         if any(not it.sentiment for t in shared for items in (pools.stereo[t], pools.anti[t]) for it in items):
             raise ConfigError("--positive-share: the pools carry no sentiment directions "
