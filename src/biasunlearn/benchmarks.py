@@ -26,6 +26,7 @@ from biasunlearn.data.paths import (
 )
 from biasunlearn.data.splits import split_by_name
 from biasunlearn.data.stereoset import StereoExample
+from biasunlearn.errors import ConfigError
 from biasunlearn.metrics.bbq import bbq_results, choose_answer
 from biasunlearn.metrics.crows_pairs import crows_pairs_results
 from biasunlearn.metrics.stereoset import predictions_file, ss_by_sentiment, stereoset_results
@@ -118,6 +119,9 @@ def run_stereoset(model, tokenizer, ctx: EvalContext) -> BenchmarkResult:
                              control_by=ctx.control_by)
     if ctx.bias_types:
         examples = [e for e in examples if e.bias_type in ctx.bias_types]
+        if not examples:
+            raise ConfigError(f"--bias-types: the StereoSet {ctx.split} split has no "
+                              f"{', '.join(ctx.bias_types)} examples")
     examples = limit_per_task(examples, ctx.limit)
     log.info("StereoSet %s split: %d examples (%d sentences)", ctx.split, len(examples), 3 * len(examples))
     scores = score_stereoset(model, tokenizer, examples, ctx.scoring, ctx.score_fn)

@@ -82,6 +82,19 @@ def test_eval_bias_types_scores_only_those_types(tiny_model_dir, fixture_data_di
     assert all(some[i] == pytest.approx(full[i], abs=1e-5) for i in some)
 
 
+def test_eval_bias_types_absent_from_the_split_is_a_clear_error(tiny_model_dir, fixture_data_dir, tmp_path, capsys):
+    data = tmp_path / "data"
+    (data / "stereoset").mkdir(parents=True)
+    dev = json.loads((fixture_data_dir / "stereoset" / "dev.json").read_text())
+    dev["data"] = {task: [e for e in exs if e["bias_type"] == "gender"] for task, exs in dev["data"].items()}
+    (data / "stereoset" / "dev.json").write_text(json.dumps(dev))
+    out = tmp_path / "o"
+    code, _, err = _run(["eval", "--model", str(tiny_model_dir), "--data-dir", str(data), "--benchmarks", "stereoset",
+                         "--bias-types", "race", "--out", str(out), "--no-progress"], capsys)
+    assert code == 2 and "--bias-types" in err and "race" in err
+    assert not (out / "results.json").exists()
+
+
 def test_eval_yaml_config_and_flag_override(tiny_model_dir, fixture_data_dir, tmp_path, capsys):
     cfg = tmp_path / "eval.yaml"
     cfg.write_text(
