@@ -127,6 +127,8 @@ class TrainConfig:
             run stops (1 = the first such reading; more guards against a reading balanced by noise).
         keep_best: restore the adapter of the best control ICAT at the end.
         save_steps: steps between checkpoints.
+        save_total_limit: most checkpoints kept in out/checkpoints (older ones are deleted); 0 keeps every
+            one (e.g. to evaluate the adapter along the run).
         resume: resume from the latest checkpoint in out/checkpoints.
         dtype: model weights dtype (float32, bfloat16, float16, auto).
         train_bf16: bf16 mixed-precision training (on hardware that supports it).
@@ -184,6 +186,7 @@ class TrainConfig:
     control_patience: int = 1
     keep_best: bool = True
     save_steps: int = 50
+    save_total_limit: int = 2
     resume: bool = False
     dtype: str = "float32"
     train_bf16: bool = False
@@ -214,6 +217,11 @@ class TrainConfig:
             raise ConfigError(f"--learning-rate must be > 0, got {self.learning_rate}")
         if self.max_steps < 1:
             raise ConfigError(f"--max-steps must be >= 1, got {self.max_steps}")
+        if self.save_steps < 1:
+            raise ConfigError(f"--save-steps must be >= 1, got {self.save_steps}")
+        if self.save_total_limit < 0:
+            raise ConfigError(f"--save-total-limit must be >= 0 (0 keeps every checkpoint), "
+                              f"got {self.save_total_limit}")
         for name in ("n_forget", "n_retain", "n_kl"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 0")
@@ -324,7 +332,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         output_dir=str(ckpt_dir), max_steps=cfg.max_steps, learning_rate=cfg.learning_rate,
         lr_scheduler_type="linear", warmup_steps=cfg.warmup_steps, optim="adamw_torch",
         per_device_train_batch_size=1, gradient_accumulation_steps=1, logging_steps=1,
-        save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=2, report_to=[],
+        save_strategy="steps", save_steps=cfg.save_steps,
+        save_total_limit=cfg.save_total_limit or None, report_to=[],
         remove_unused_columns=False, seed=cfg.seed, data_seed=cfg.seed, dataloader_num_workers=0,
         use_cpu=cfg.device == "cpu", bf16=cfg.train_bf16, disable_tqdm=False,
         accelerator_config={"dispatch_batches": False},

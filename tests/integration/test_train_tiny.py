@@ -79,6 +79,16 @@ def test_resume_continues_from_checkpoint(tiny_model_dir, fixture_data_dir, tmp_
     assert [r["step"] for r in log if "loss_forget" in r] == [1, 2, 3, 4]
 
 
+def test_save_total_limit_keeps_every_checkpoint_or_the_latest(tiny_model_dir, fixture_data_dir, tmp_path):
+    """0 keeps a checkpoint per save step (to evaluate the adapter along a run); the default keeps two."""
+    for limit, kept in ((0, [1, 2, 3, 4]), (2, [3, 4])):
+        out = tmp_path / f"lim{limit}"
+        train(_cfg(tiny_model_dir, fixture_data_dir, out, save_steps=1, save_total_limit=limit))
+        ckpts = out / "checkpoints"
+        assert sorted(int(p.name.split("-")[1]) for p in ckpts.glob("checkpoint-*")) == kept
+        assert all((ckpts / f"checkpoint-{s}" / "adapter_model.safetensors").is_file() for s in kept)
+
+
 @pytest.mark.parametrize("method", ["ga", "npo", "graddiff", "no_kl", "no_retention"])
 def test_methods_run(method, tiny_model_dir, fixture_data_dir, tmp_path):
     rec = train(_cfg(tiny_model_dir, fixture_data_dir, tmp_path / method, method=method, max_steps=2))
@@ -187,7 +197,8 @@ def test_new_training_options_are_validated_with_the_flag_named(tiny_model_dir, 
              (dict(control_patience=0), "--control-patience"),
              (dict(counterfactual_retain="profession"), "--counterfactual-retain"),
              (dict(positive_share_types="gender=1.5"), "--positive-share-types"),
-             (dict(type_boost="gender=0"), "--type-boost")]
+             (dict(type_boost="gender=0"), "--type-boost"), (dict(save_steps=0), "--save-steps"),
+             (dict(save_total_limit=-1), "--save-total-limit")]
     for kw, flag in cases:
         with pytest.raises(ConfigError, match=flag):
             _cfg(tiny_model_dir, fixture_data_dir, out, **kw)
