@@ -9,7 +9,8 @@ Train with every checkpoint kept, score each checkpoint on the report split, the
         --base results/base-smollm2/results.json
 
 The control columns come from the run's ``adapter/provenance.json`` (``control_history``: the SS and soft
-SS the trainer read on its held-out control targets); the report columns from ``EVALS/STEP/results.json``
+SS the trainer read on its held-out control targets), or, while the run is still going, from its latest
+checkpoint's ``biasunlearn_state.json``; the report columns from ``EVALS/STEP/results.json``
 (SS of the type, and SS within the pairs whose stereotype is the more pleasant sentence, the less pleasant
 one, and neither, where results.json has them). ``--base`` adds the untrained model as step 0. A step
 the trainer read but that has no evaluation (or the reverse) shows "–" in the missing columns.
@@ -34,18 +35,29 @@ def _load(path: Path, what: str) -> dict:
         sys.exit(f"{path}: cannot read the {what} ({e})")
 
 
+def _history(run: Path) -> tuple[Path, object]:
+    """The control history of a finished run (its provenance), else of its latest checkpoint (a run going on)."""
+    prov = run / "adapter" / "provenance.json"
+    if prov.is_file():
+        return prov, _load(prov, "run's provenance").get("control_history")
+    states = sorted(run.glob("checkpoints/checkpoint-*/biasunlearn_state.json"),
+                    key=lambda p: int(p.parent.name.split("-")[-1]) if p.parent.name.split("-")[-1].isdigit() else -1)
+    if not states:
+        sys.exit(f"--run: neither {prov} nor a checkpoint's biasunlearn_state.json under {run}")
+    return states[-1], _load(states[-1], "checkpoint state").get("history")
+
+
 def control_readings(run: Path, bias_type: str) -> dict[int, dict]:
     """Step -> the control reading of ``bias_type`` (SS, soft SS and its standard error)."""
-    prov = run / "adapter" / "provenance.json"
-    history = _load(prov, "run's provenance").get("control_history")
+    src, history = _history(run)
     if not isinstance(history, list):
-        sys.exit(f"{prov}: no control_history (a run trained by biasunlearn train?)")
+        sys.exit(f"{src}: no control history (a run trained by biasunlearn train?)")
     out = {}
     for h in history:
         try:
             out[int(h["step"])] = h["types"][bias_type]
         except (KeyError, TypeError, ValueError):
-            sys.exit(f"{prov}: a control reading without {bias_type!r} figures: {str(h)[:120]}")
+            sys.exit(f"{src}: a control reading without {bias_type!r} figures: {str(h)[:120]}")
     return out
 
 

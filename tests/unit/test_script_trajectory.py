@@ -49,6 +49,20 @@ def test_table_by_hand(tmp_path, capsys):
                          "| 75 | – | – | 55.50 | – | – | – |"]
 
 
+def test_a_run_still_going_is_read_from_its_latest_checkpoint(tmp_path, capsys):
+    run = tmp_path / "run"
+    for step, ss in ((25, 57.0), (100, 52.0)):  # 100 sorts before 25 as text
+        d = run / "checkpoints" / f"checkpoint-{step}"
+        d.mkdir(parents=True)
+        history = [{"step": s, "types": {"gender": {"SS": ss + s}}} for s in (0, step)]
+        (d / "biasunlearn_state.json").write_text(json.dumps({"history": history}))
+    evals = tmp_path / "evals"
+    _results(evals / "100" / "results.json", 55.0)
+    assert _load().main(["--run", str(run), "--evals", str(evals)]) == 0
+    assert capsys.readouterr().out.splitlines()[2:] == ["| 0 | 52.00 | – | – | – | – | – |",
+                                                        "| 100 | 152.00 | – | 55.00 | 60.00 | 50.00 | – |"]
+
+
 def test_bad_inputs_name_what_is_wrong(tmp_path):
     run = _run(tmp_path / "run")
     evals = tmp_path / "evals"
@@ -60,7 +74,7 @@ def test_bad_inputs_name_what_is_wrong(tmp_path):
         _load().main(["--run", str(run), "--evals", str(evals), "--bias-type", "race"])
     with pytest.raises(SystemExit, match="without 'race' figures"):  # step 25 has no race reading
         _load().control_readings(run, "race")
-    with pytest.raises(SystemExit, match=r"provenance\.json: cannot read"):
+    with pytest.raises(SystemExit, match=r"--run: neither .*provenance\.json nor a checkpoint"):
         _load().main(["--run", str(tmp_path / "nope"), "--evals", str(evals)])
     with pytest.raises(SystemExit, match=r"--evals: .* is not a folder"):
         _load().main(["--run", str(run), "--evals", str(tmp_path / "missing")])
