@@ -36,8 +36,11 @@ def _load(path: Path, what: str) -> dict:
 
 
 def _history(run: Path) -> tuple[Path, object]:
-    """The control history of a finished run (its provenance), else of its latest checkpoint (a run going on)."""
-    prov = run / "adapter" / "provenance.json"
+    """The control history of a finished run (its provenance), else of its latest checkpoint (a run going on).
+
+    ``run`` is the run's --out folder, or a provenance.json itself (e.g. a copy committed with the results).
+    """
+    prov = run if run.suffix == ".json" else run / "adapter" / "provenance.json"
     if prov.is_file():
         return prov, _load(prov, "run's provenance").get("control_history")
     states = sorted(run.glob("checkpoints/checkpoint-*/biasunlearn_state.json"),
@@ -100,7 +103,8 @@ def table(control: dict[int, dict], report: dict[int, dict], bias_type: str) -> 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--run", type=Path, required=True, help="the run's --out folder (adapter/provenance.json)")
+    ap.add_argument("--run", type=Path, required=True,
+                    help="the run's --out folder (adapter/provenance.json), or a provenance.json")
     ap.add_argument("--evals", type=Path, required=True, help="folder of STEP/results.json evaluations")
     ap.add_argument("--bias-type", default="gender", help="gender, profession, race or religion")
     ap.add_argument("--base", type=Path, help="results.json of the untrained model, shown as step 0")

@@ -42,6 +42,9 @@ def test_table_by_hand(tmp_path, capsys):
     base = _results(tmp_path / "base" / "results.json", 61.1)
     assert _load().main(["--run", str(run), "--evals", str(evals), "--base", str(base)]) == 0
     lines = capsys.readouterr().out.splitlines()
+    prov = run / "adapter" / "provenance.json"  # the provenance file itself, as committed with results
+    assert _load().main(["--run", str(prov), "--evals", str(evals), "--base", str(base)]) == 0
+    assert capsys.readouterr().out.splitlines() == lines
     assert lines[0].startswith("| step | control gender SS | control soft SS (± se) | report gender SS |")
     assert lines[2:] == ["| 0 | 56.50 | 56.00 ± 3.10 | 61.10 | 66.10 | 56.10 | – |",
                          "| 25 | 51.25 | 52.00 ± 3.00 | 57.00 | 62.00 | 52.00 | – |",
