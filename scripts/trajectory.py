@@ -43,11 +43,20 @@ def _history(run: Path) -> tuple[Path, object]:
     prov = run if run.suffix == ".json" else run / "adapter" / "provenance.json"
     if prov.is_file():
         return prov, _load(prov, "run's provenance").get("control_history")
-    states = sorted(run.glob("checkpoints/checkpoint-*/biasunlearn_state.json"),
-                    key=lambda p: int(p.parent.name.split("-")[-1]) if p.parent.name.split("-")[-1].isdigit() else -1)
-    if not states:
+    # the same checkpoint and state file that `biasunlearn train --resume` would continue from
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from biasunlearn.methods.trainer import load_checkpoint_state
+
+    ckpts = run / "checkpoints"
+    last = get_last_checkpoint(str(ckpts)) if ckpts.is_dir() else None
+    state = Path(last) / "biasunlearn_state.json" if last else None
+    if state is None or not state.is_file():
         sys.exit(f"--run: neither {prov} nor a checkpoint's biasunlearn_state.json under {run}")
-    return states[-1], _load(states[-1], "checkpoint state").get("history")
+    try:
+        return state, load_checkpoint_state(state.parent)[1]
+    except (OSError, ValueError) as e:
+        sys.exit(f"{state}: cannot read the checkpoint state ({e})")
 
 
 def control_readings(run: Path, bias_type: str) -> dict[int, dict]:
