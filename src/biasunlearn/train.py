@@ -24,6 +24,7 @@ from transformers import TrainerCallback
 
 from biasunlearn.data.paths import STEREOSET_DEV, STEREOSET_TEST, dataset_checksums, resolve_data_dir
 from biasunlearn.data.splits import CONTROL_BY, make_splits
+from biasunlearn.data.stereoset import BIAS_TYPES
 from biasunlearn.errors import ConfigError
 from biasunlearn.methods.control import ControlCallback, ControlConfig
 from biasunlearn.methods.data import (
@@ -122,6 +123,11 @@ class TrainConfig:
         counterfactual_retain: comma-separated bias types with a word list (gender, race, religion) whose
             forget sentences' counterfactuals (group words flipped: mother <-> father) join the retain set, so
             the attribute is unlearned for one group and kept for the other; empty = off (the paper's sets).
+        pair_types: comma-separated bias types whose stereotype / anti-stereotype pairs get the pairwise term
+            (an extension outside the paper, DPO's form on the same pair; see
+            biasunlearn.methods.losses.pairwise_loss); empty = off (the paper's objective).
+        n_pair: pairs per step for the pairwise term.
+        w_pair: weight of the pairwise term.
         early_stop: stop once every bias type is balanced on the control split.
         control_patience: consecutive control readings on which every type must be balanced before the
             run stops (1 = the first such reading; more guards against a reading balanced by noise).
@@ -182,6 +188,9 @@ class TrainConfig:
     positive_share: float = 0.0
     positive_share_types: str = ""
     counterfactual_retain: str = ""
+    pair_types: str = ""
+    n_pair: int = 4
+    w_pair: float = 0.4
     early_stop: bool = True
     control_patience: int = 1
     keep_best: bool = True
@@ -222,7 +231,10 @@ class TrainConfig:
         if self.save_total_limit < 0:
             raise ConfigError(f"--save-total-limit must be >= 0 (0 keeps every checkpoint), "
                               f"got {self.save_total_limit}")
-        for name in ("n_forget", "n_retain", "n_kl"):
+        self.pair_type_list()
+        if self.w_pair < 0:
+            raise ConfigError(f"--w-pair must be >= 0, got {self.w_pair}")
+        for name in ("n_forget", "n_retain", "n_kl", "n_pair"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 0")
         ControlConfig(signal=self.control_signal, every=self.control_every, tau=self.control_tau,
@@ -234,6 +246,15 @@ class TrainConfig:
             raise ConfigError(f"--control-groups: expected one of {', '.join(GROUPINGS)}, got {self.control_groups!r}")
         if self.control_by not in CONTROL_BY:
             raise ConfigError(f"--control-by: expected one of {', '.join(CONTROL_BY)}, got {self.control_by!r}")
+
+    def pair_type_list(self) -> tuple[str, ...]:
+        """The bias types of ``--pair-types`` (empty: the pairwise term is off)."""
+        types = tuple(t.strip() for t in self.pair_types.split(",") if t.strip())
+        bad = [t for t in types if t not in BIAS_TYPES]
+        if bad:
+            raise ConfigError(f"--pair-types: unknown bias type(s) {', '.join(bad)}; expected some of "
+                              f"{', '.join(BIAS_TYPES)}")
+        return types
 
     def task_list(self) -> tuple[str, ...]:
         tasks = tuple(t.strip() for t in self.tasks.split(",") if t.strip())
@@ -316,7 +337,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                          n_retain=n_retain, n_kl=cfg.n_kl if method.kl else 0, retain_set=method.retain_set,
                          adversarial_fraction=adv, seed=cfg.seed, swap_state=swap, max_length=cfg.max_length,
                          type_sampling=cfg.type_sampling, positive_share=cfg.positive_share,
-                         positive_share_types=shares, type_boost=parse_type_boost(cfg.type_boost))
+                         positive_share_types=shares, type_boost=parse_type_boost(cfg.type_boost),
+                         pair_types=cfg.pair_type_list(), n_pair=cfg.n_pair)
     ccfg = ControlConfig(signal=cfg.control_signal, every=cfg.control_every, threshold=cfg.control_threshold,
                          z=cfg.control_z, tau=cfg.control_tau, grouping=cfg.control_groups,
                          swapping=method.swapping, on_reversed=cfg.on_reversed,
@@ -351,7 +373,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                                   else start_id, pack=cfg.pack_sequences),
             method=method,
             weights=ObjectiveWeights(cfg.w_forget, cfg.w_retain, cfg.w_kl, cfg.beta, cfg.normalize_forget,
-                                     cfg.normalize_retain),
+                                     cfg.normalize_retain, cfg.w_pair if cfg.pair_type_list() else 0.0),
             callbacks=callbacks,
         )
     if resume_from and trainer.is_world_process_zero():

@@ -124,8 +124,9 @@ def test_keep_best_restores_the_best_control_reading(tiny_model_dir, fixture_dat
     assert (b_norm == 0.0) == (best["step"] == 0)
 
 
-@pytest.mark.parametrize("method", ["biasunlearn", "graddiff", "no_kl"])
-def test_packed_step_equals_padded_step(method, tiny_model_and_tokenizer, fixture_data_dir):
+@pytest.mark.parametrize(("method", "n_pair"), [("biasunlearn", 0), ("graddiff", 0), ("no_kl", 0), ("biasunlearn", 2),
+                                                ("no_kl", 2)])
+def test_packed_step_equals_padded_step(method, n_pair, tiny_model_and_tokenizer, fixture_data_dir):
     """Packing the chunk into block-diagonal rows computes the same loss terms and gradients as padding."""
     from peft import LoraConfig, get_peft_model
 
@@ -140,17 +141,19 @@ def test_packed_step_equals_padded_step(method, tiny_model_and_tokenizer, fixtur
     lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
     model = get_peft_model(build_tiny_llama(), lora)
     splits = make_splits(fixture_data_dir, control_per_type=1)
-    chunk = next(iter(ChunkStream(build_pools(splits.train), tok, 0, n_forget=3, n_retain=5, n_kl=3, seed=1)))
+    chunk = next(iter(ChunkStream(build_pools(splits.train), tok, 0, n_forget=3, n_retain=5, n_kl=3, seed=1,
+                                  pair_types=("gender", "race"), n_pair=n_pair)))
     m = METHODS.get(method)
     results = []
     for pack in (False, True):
         model.zero_grad()
-        terms = chunk_loss(model, collate_chunk([chunk], tok.pad_token_id, pack=pack), m, ObjectiveWeights())
+        terms = chunk_loss(model, collate_chunk([chunk], tok.pad_token_id, pack=pack), m,
+                           ObjectiveWeights(pair=0.4))
         terms["loss"].backward()
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
         results.append(({k: float(v) for k, v in terms.items()}, grads))
     (t0, g0), (t1, g1) = results
-    assert t0.keys() == t1.keys()
+    assert t0.keys() == t1.keys() and ("pair" in t0) == (n_pair > 0)
     for k in t0:
         assert t1[k] == pytest.approx(t0[k], rel=1e-4, abs=1e-5), k
     assert g0.keys() == g1.keys() and g0
@@ -198,7 +201,8 @@ def test_new_training_options_are_validated_with_the_flag_named(tiny_model_dir, 
              (dict(counterfactual_retain="profession"), "--counterfactual-retain"),
              (dict(positive_share_types="gender=1.5"), "--positive-share-types"),
              (dict(type_boost="gender=0"), "--type-boost"), (dict(save_steps=0), "--save-steps"),
-             (dict(save_total_limit=-1), "--save-total-limit")]
+             (dict(save_total_limit=-1), "--save-total-limit"), (dict(pair_types="gender,caste"), "--pair-types"),
+             (dict(pair_types="gender", n_pair=-1), "--n-pair"), (dict(w_pair=-0.1), "--w-pair")]
     for kw, flag in cases:
         with pytest.raises(ConfigError, match=flag):
             _cfg(tiny_model_dir, fixture_data_dir, out, **kw)
@@ -263,3 +267,21 @@ def test_counterfactual_retention_trains_and_is_recorded(tiny_model_dir, fixture
     line = next(r.getMessage() for r in caplog.records if "counterfactual retention" in r.getMessage())
     n, total = (int(x) for x in line.split("gender ", 2)[-1].split(" stereotypes")[0].split(" of "))
     assert 0 < n <= total  # the fixture's gender examples carry gendered words
+
+
+def test_pairwise_term_trains_logs_and_is_recorded(tiny_model_dir, fixture_data_dir, tmp_path):
+    out = tmp_path / "pair"
+    rc = main(["train", "--model", str(tiny_model_dir), "--data-dir", str(fixture_data_dir), "--out", str(out),
+               "--control-per-type", "1", "--max-steps", "2", "--control-every", "2", "--n-forget", "2",
+               "--n-retain", "4", "--n-kl", "2", "--save-steps", "2", "--no-early-stop", "--pair-types", "gender",
+               "--n-pair", "2", "--w-pair", "0.5"])
+    assert rc == 0
+    prov = json.loads((out / "adapter" / "provenance.json").read_text())
+    assert (prov["config"]["pair_types"], prov["config"]["n_pair"], prov["config"]["w_pair"]) == ("gender", 2, 0.5)
+    terms = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
+    terms = [r for r in terms if "loss_forget" in r]
+    assert len(terms) == 2 and all(r["loss_pair"] > 0 for r in terms)
+    # the logged total is the weighted sum of the four terms
+    for r in terms:
+        total = 0.4 * r["loss_forget"] + 0.4 * r["loss_retain"] + 0.2 * r["loss_kl"] + 0.5 * r["loss_pair"]
+        assert r["loss"] == pytest.approx(total, rel=1e-4, abs=1e-5)

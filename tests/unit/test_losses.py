@@ -447,3 +447,54 @@ def test_objective_with_a_method_without_forget_term():
     out = objective(Method("retain_only", forget="none", kl=False), W, **x)
     assert set(out) == {"retain", "loss"}
     _close(out["loss"], W.retain * out["retain"].item(), atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------------
+# Pairwise term (an extension outside the paper, --pair-types)
+# --------------------------------------------------------------------------------------------------
+
+
+def test_pairwise_loss_hand_case():
+    # pair 1: chosen +1 nat over the reference, rejected -1 -> margin 2; pair 2: margin 0
+    chosen, chosen_ref = torch.tensor([-1.0, -5.0]), torch.tensor([-2.0, -5.0])
+    rejected, rejected_ref = torch.tensor([-3.0, -4.0]), torch.tensor([-2.0, -4.0])
+    # beta 1: -2 log sigmoid(2) = 2 log(1 + e^-2) = 0.253856; -2 log sigmoid(0) = 2 log 2 = 1.386294
+    _close(losses.pairwise_loss(chosen, chosen_ref, rejected, rejected_ref, beta=1.0), (0.253856 + 1.386294) / 2,
+           atol=1e-5)
+    # beta 0.1 at margin 0: (2/0.1) log 2 = 13.862944
+    _close(losses.pairwise_loss(chosen[1:], chosen_ref[1:], rejected[1:], rejected_ref[1:], beta=0.1), 13.862944,
+           atol=1e-4)
+
+
+def test_pairwise_loss_only_sees_the_margin_and_its_gradient():
+    c = torch.tensor([-2.0], requires_grad=True)
+    r = torch.tensor([-2.0], requires_grad=True)
+    ref = torch.tensor([-2.0], requires_grad=True)
+    loss = losses.pairwise_loss(c, ref, r, ref, beta=0.5)
+    loss.backward()
+    # d/dmargin of -(2/b) log sigmoid(b m) at m = 0 is -2 sigmoid(0) = -1
+    _close(c.grad, [-1.0], atol=1e-6)
+    _close(r.grad, [1.0], atol=1e-6)
+    assert ref.grad is None
+    # shifting both sentences by the same amount (e.g. a preference for pleasant words) changes nothing
+    base = losses.pairwise_loss(torch.tensor([-1.0]), torch.tensor([-2.0]), torch.tensor([-3.0]), torch.tensor([-2.5]))
+    moved = losses.pairwise_loss(torch.tensor([0.5]), torch.tensor([-2.0]), torch.tensor([-1.5]), torch.tensor([-2.5]))
+    _close(moved, base.item(), atol=1e-6)
+
+
+def test_objective_adds_the_weighted_pairwise_term_only_when_on():
+    x = _inputs(3)
+    g = torch.Generator().manual_seed(5)
+    pair = {"pair_logits": torch.randn(4, 5, 11, generator=g), "pair_ids": torch.randint(0, 11, (4, 5), generator=g),
+            "pair_mask": torch.tensor([[0, 1, 1, 0, 0]] * 4, dtype=torch.bool),
+            "pair_ref_logprob": torch.tensor([-3.0, -4.0, -2.0, -6.0])}
+    w = ObjectiveWeights(forget=0.3, retain=0.5, kl=0.7, beta=0.2, normalize_forget=True, pair=0.6)
+    out = objective(METHODS.get("biasunlearn"), w, **x, **pair)
+    lp = losses.sequence_logprob(pair["pair_logits"], pair["pair_ids"], pair["pair_mask"], normalize=True)
+    ref = pair["pair_ref_logprob"]
+    # rows 0-1 rejected, rows 2-3 their chosen partners
+    _close(out["pair"], losses.pairwise_loss(lp[2:], ref[2:], lp[:2], ref[:2], beta=0.2).item(), atol=1e-5)
+    _close(out["loss"], (0.3 * out["forget"] + 0.5 * out["retain"] + 0.7 * out["kl"] + 0.6 * out["pair"]).item(),
+           atol=1e-5)
+    assert "pair" not in objective(METHODS.get("biasunlearn"), W, **x, **pair)  # weight 0: off
+    assert "pair" not in objective(METHODS.get("biasunlearn"), w, **x)  # no pairs: off

@@ -574,7 +574,7 @@ def test_stream_works_in_dataloader(byte_tok):
     s = ChunkStream(_pools(), byte_tok, 0, n_forget=1, n_retain=2, n_kl=1)
     dl = torch.utils.data.DataLoader(s, batch_size=2, collate_fn=lambda chunks: collate_chunk(chunks, pad_id=1))
     batch = next(iter(dl))
-    assert batch["sizes"] == [2, 4, 2]
+    assert batch["sizes"] == [2, 4, 2, 0]
     assert batch["input_ids"].shape[0] == 8
 
 
@@ -590,7 +590,7 @@ def test_collate_chunk_padding_order_and_sizes():
            "kl": [Encoded([0, 11], [f, t])]}
     ch2 = {"forget": [Encoded([0, 12], [f, t])], "retain": [], "kl": [Encoded([0, 13, 14, 15, 16], [f, t, t, t, t])]}
     b = collate_chunk([ch1, ch2], pad_id=1)
-    assert b["sizes"] == [2, 2, 2]
+    assert b["sizes"] == [2, 2, 2, 0]
     # order: forget (chunk 1, chunk 2), retain, kl; right-padded with pad_id to width 5
     assert b["input_ids"].tolist() == [
         [0, 5, 6, 1, 1],
@@ -610,7 +610,7 @@ def test_collate_chunk_padding_order_and_sizes():
 def test_collate_real_chunk_alignment(byte_tok):
     chunk = _take(ChunkStream(_pools(), byte_tok, 0), 1)[0]
     b = collate_chunk([chunk], pad_id=byte_tok.pad_token_id)
-    assert b["sizes"] == [4, 28, 8]
+    assert b["sizes"] == [4, 28, 8, 0]
     seqs = chunk["forget"] + chunk["retain"] + chunk["kl"]
     assert b["input_ids"].shape == (40, max(len(s.input_ids) for s in seqs))
     for row, s in enumerate(seqs):
@@ -1006,3 +1006,55 @@ def test_counterfactual_retain_names_its_flag():
         with pytest.raises(ConfigError, match="--counterfactual-retain"):
             TrainConfig(counterfactual_retain=bad)
     assert TrainConfig(counterfactual_retain="gender, religion").counterfactual_retain == "gender, religion"
+
+
+# --------------------------------------------------------------------------------------------------
+# Pairwise term's pairs (--pair-types)
+# --------------------------------------------------------------------------------------------------
+
+
+def test_pairs_are_one_examples_stereotype_and_anti_of_the_named_types(byte_tok):
+    s = ChunkStream(_pools(), byte_tok, 0, pair_types=("gender",), n_pair=3)
+    chunks = _take(s, 6)
+    assert all(len(ch["pair_rejected"]) == len(ch["pair_chosen"]) == 3 for ch in chunks)
+    rejected, chosen = _decoded(byte_tok, chunks, "pair_rejected"), _decoded(byte_tok, chunks, "pair_chosen")
+    # "gender K. gender K S" is rejected and its own "gender K. gender K A" chosen
+    assert all(r.startswith("gender ") and r.endswith(" S") for r in rejected)
+    assert [c[:-2] for c in chosen] == [r[:-2] for r in rejected]
+    assert all(c.endswith(" A") for c in chosen)
+    # 18 draws cycle through all 8 gender examples before repeating any
+    assert len(set(rejected[:8])) == 8
+
+
+def test_pairs_flip_when_swapped_and_stop_when_resting(byte_tok):
+    state = SwapState()
+    s = ChunkStream(_pools(), byte_tok, 0, pair_types=("gender", "race"), n_pair=4, swap_state=state)
+    it = iter(s)
+    state.swapped["gender"] = True
+    state.resting["race"] = True
+    chunks = [next(it) for _ in range(5)]
+    assert all(t.endswith(" A") and t.startswith("gender") for t in _decoded(byte_tok, chunks, "pair_rejected"))
+    assert all(t.endswith(" S") for t in _decoded(byte_tok, chunks, "pair_chosen"))
+    state.resting["gender"] = True
+    assert next(it)["pair_rejected"] == []
+
+
+def test_pairs_off_by_default_and_bad_options(byte_tok):
+    assert "pair_chosen" not in _take(ChunkStream(_pools(), byte_tok, 0), 1)[0]
+    assert "pair_chosen" not in _take(ChunkStream(_pools(), byte_tok, 0, n_pair=4), 1)[0]  # no types named
+    with pytest.raises(ConfigError, match="--n-pair"):
+        ChunkStream(_pools(), byte_tok, 0, pair_types=("gender",), n_pair=-1)
+    with pytest.raises(ConfigError, match="--pair-types: no train examples of profession"):
+        ChunkStream(_pools(), byte_tok, 0, pair_types=("profession",), n_pair=2)
+
+
+def test_collate_puts_pairs_last_rejected_first_and_in_the_reference_batch():
+    f, t = False, True
+    ch = {"forget": [Encoded([0, 5], [f, t])], "retain": [Encoded([0, 6], [f, t])], "kl": [Encoded([0, 7], [f, t])],
+          "pair_rejected": [Encoded([0, 8], [f, t]), Encoded([0, 9], [f, t])],
+          "pair_chosen": [Encoded([0, 10], [f, t]), Encoded([0, 11], [f, t])]}
+    b = collate_chunk([ch], pad_id=1)
+    assert b["sizes"] == [1, 1, 1, 2]
+    assert b["input_ids"][:, 1].tolist() == [5, 6, 7, 8, 9, 10, 11]
+    ref = b["packed_ref"]
+    assert sorted(int(x) for x in ref.input_ids.flatten() if int(x) not in (0, 1)) == [5, 7, 8, 9, 10, 11]

@@ -41,6 +41,7 @@ import math
 import random
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Generic, TypeVar
 
 import torch
 
@@ -48,6 +49,8 @@ from biasunlearn.data.sentiment import DIRECTIONS, sentiment_direction
 from biasunlearn.data.stereoset import BIAS_TYPES, StereoExample
 from biasunlearn.errors import ConfigError
 from biasunlearn.packing import Packed, pack_sequences
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -406,15 +409,15 @@ def parse_type_boost(spec: str, flag: str = "--type-boost") -> dict[str, float]:
     return _parse_type_values(spec, flag, "factor", _is_boost, BOOST_RULE)
 
 
-class _Cycler:
+class _Cycler(Generic[T]):
     """Endless shuffled passes over a list (reshuffled each pass)."""
 
-    def __init__(self, items: Sequence[TrainItem], rng: random.Random) -> None:
+    def __init__(self, items: Sequence[T], rng: random.Random) -> None:
         self.items = list(items)
         self.rng = rng
         self.order: list[int] = []
 
-    def next(self) -> TrainItem:
+    def next(self) -> T:
         if not self.order:
             self.order = list(range(len(self.items)))
             self.rng.shuffle(self.order)
@@ -454,6 +457,11 @@ class ChunkStream(torch.utils.data.IterableDataset):
 
     ``type_boost`` multiplies the draw weight of the bias types it names (``{"gender": 3.0}``: gender
     three times as often as ``type_sampling`` alone would draw it; see :func:`type_weights`).
+
+    ``pair_types`` / ``n_pair`` (an extension outside the paper, off by default): each chunk also holds
+    ``n_pair`` pairs of one example's stereotype and anti-stereotype from the bias types named (drawn
+    uniformly from their examples, resting types left out), under ``pair_rejected`` and ``pair_chosen``:
+    the stereotype is rejected and the anti-stereotype chosen, the other way round once the type is swapped.
     """
 
     def __init__(self, pools: Pools, tokenizer, start_id: int, *, n_forget: int = 4, n_retain: int = 28,
@@ -461,7 +469,8 @@ class ChunkStream(torch.utils.data.IterableDataset):
                  swap_state: SwapState | None = None, max_length: int = 128, type_sampling: str = "size",
                  retain_set: str = "anti", positive_share: float = 0.0,
                  positive_share_types: dict[str, float] | None = None,
-                 type_boost: dict[str, float] | None = None) -> None:
+                 type_boost: dict[str, float] | None = None, pair_types: Sequence[str] = (),
+                 n_pair: int = 0) -> None:
         super().__init__()
         if not 0.0 <= adversarial_fraction <= 1.0:
             raise ConfigError(f"--adversarial-fraction must be in [0, 1], got {adversarial_fraction}")
@@ -486,6 +495,19 @@ class ChunkStream(torch.utils.data.IterableDataset):
         if any(not it.sentiment for t in shared for items in (pools.stereo[t], pools.anti[t]) for it in items):
             raise ConfigError("--positive-share: the pools carry no sentiment directions "
                               "(build them with build_pools(..., sentiment=True))")
+        if n_pair < 0:
+            raise ConfigError(f"--n-pair must be >= 0, got {n_pair}")
+        unknown = sorted(set(pair_types) - {t.split("/")[0] for t in pools.stereo})
+        if unknown:
+            raise ConfigError(f"--pair-types: no train examples of {', '.join(unknown)}; "
+                              f"expected some of {', '.join(sorted({t.split('/')[0] for t in pools.stereo}))}")
+        self.n_pair = n_pair if pair_types else 0
+        #: per pool key, (stereotype, anti-stereotype) of each example that has both
+        self.pairs: dict[str, list[tuple[TrainItem, TrainItem]]] = {}
+        for t in pools.stereo:
+            if t.split("/")[0] in pair_types:
+                anti = {it.example_id: it for it in pools.anti[t]}
+                self.pairs[t] = [(it, anti[it.example_id]) for it in pools.stereo[t] if it.example_id in anti]
         rng = random.Random(seed)
         # Fixed adversarial subsets: a seeded fraction of each type's anti-stereotypes (and of its
         # stereotypes, used when the type is swapped).
@@ -516,6 +538,7 @@ class ChunkStream(torch.utils.data.IterableDataset):
         cyclers: dict[tuple[str, str, bool, str], _Cycler] = {}
         directions: dict[tuple[str, str, bool], tuple[list[str], list[float]]] = {}
         kl = _Cycler(self.pools.unrelated, rng)
+        pair_cyclers = {t: _Cycler(v, rng) for t, v in self.pairs.items()}
 
         def draw(role: str, n: int) -> list[Encoded]:
             pools = {t: (self.forget_pool(t) if role == "forget" else self.retain_pool(t)) for t in types}
@@ -538,30 +561,46 @@ class ChunkStream(torch.utils.data.IterableDataset):
                 out.append(encode_item(self.tokenizer, cyclers[key].next(), self.start_id, self.max_length))
             return out
 
+        def draw_pairs() -> tuple[list[Encoded], list[Encoded]]:
+            live = [t for t in self.pairs if not self.swap_state.is_resting(t) and self.pairs[t]]
+            rejected, chosen = [], []
+            for t in rng.choices(live, weights=[len(self.pairs[t]) for t in live], k=self.n_pair) if live else []:
+                stereo, anti = pair_cyclers[t].next()
+                lose, win = (anti, stereo) if self.swap_state.is_swapped(t) else (stereo, anti)
+                rejected.append(encode_item(self.tokenizer, lose, self.start_id, self.max_length))
+                chosen.append(encode_item(self.tokenizer, win, self.start_id, self.max_length))
+            return rejected, chosen
+
         while True:
-            yield {
+            chunk = {
                 "forget": draw("forget", self.n_forget),
                 "retain": draw("retain", self.n_retain),
                 "kl": [encode_item(self.tokenizer, kl.next(), self.start_id, self.max_length)
                        for _ in range(self.n_kl)],
             }
+            if self.n_pair:
+                chunk["pair_rejected"], chunk["pair_chosen"] = draw_pairs()
+            yield chunk
 
 
 def collate_chunk(chunks: list[dict[str, list[Encoded]]], pad_id: int, pack: bool = True
                   ) -> dict[str, torch.Tensor | list[int] | Packed]:
-    """One batch holding every sequence of the chunk(s), in the order forget, retain, KL.
+    """One batch holding every sequence of the chunk(s), in the order forget, retain, KL, pair (rejected
+    sentences, then their chosen partners).
 
     ``input_ids``/``attention_mask``/``loss_mask`` are the right-padded ``[B, T]`` layout the losses use;
-    ``sizes`` gives the number of sequences of each part. With ``pack`` the batch also carries
-    ``packed`` (all sequences) and ``packed_ref`` (forget and KL sequences, for the reference pass):
+    ``sizes`` gives the number of sequences of the forget, retain and KL parts and the number of pairs.
+    With ``pack`` the batch also carries ``packed`` (all sequences) and ``packed_ref`` (forget, KL and pair
+    sequences, for the reference pass):
     the sequences packed into rows with block-diagonal attention, which is how the model is run
     (the same computation, without the padding).
     """
-    parts: dict[str, list[Encoded]] = {"forget": [], "retain": [], "kl": []}
+    parts: dict[str, list[Encoded]] = {"forget": [], "retain": [], "kl": [], "pair_rejected": [], "pair_chosen": []}
     for ch in chunks:
         for k in parts:
-            parts[k].extend(ch[k])
-    seqs = parts["forget"] + parts["retain"] + parts["kl"]
+            parts[k].extend(ch.get(k, []))
+    pairs = parts["pair_rejected"] + parts["pair_chosen"]
+    seqs = parts["forget"] + parts["retain"] + parts["kl"] + pairs
     width = max(len(s.input_ids) for s in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     attn = torch.zeros((len(seqs), width), dtype=torch.long)
@@ -573,11 +612,11 @@ def collate_chunk(chunks: list[dict[str, list[Encoded]]], pad_id: int, pack: boo
         lmask[i, :n] = torch.tensor(s.loss_mask)
     out: dict[str, torch.Tensor | list[int] | Packed] = {
         "input_ids": ids, "attention_mask": attn, "loss_mask": lmask,
-        "sizes": [len(parts["forget"]), len(parts["retain"]), len(parts["kl"])],
+        "sizes": [len(parts["forget"]), len(parts["retain"]), len(parts["kl"]), len(parts["pair_rejected"])],
     }
     if pack:
         out["packed"] = pack_sequences([s.input_ids for s in seqs], pad_id)
-        ref = parts["forget"] + parts["kl"]
+        ref = parts["forget"] + parts["kl"] + pairs
         if ref:
             out["packed_ref"] = pack_sequences([s.input_ids for s in ref], pad_id)
     return out

@@ -53,6 +53,24 @@ def npo_loss(policy_logprob: torch.Tensor, ref_logprob: torch.Tensor, beta: floa
     return -(2.0 / beta) * F.logsigmoid(-beta * ratio).mean()
 
 
+def pairwise_loss(chosen_logprob: torch.Tensor, chosen_ref_logprob: torch.Tensor, rejected_logprob: torch.Tensor,
+                  rejected_ref_logprob: torch.Tensor, beta: float = 0.1) -> torch.Tensor:
+    """Pairwise preference term, an extension outside the paper (DPO's form, Rafailov et al. 2023).
+
+    ``L_Pair = -(2/β) · E_{(x, y_w, y_l)} [ log σ( β · ((log π_θ(y_w|x) - log π_ref(y_w|x))
+    - (log π_θ(y_l|x) - log π_ref(y_l|x))) ) ]``
+
+    over pairs of one StereoSet example, ``y_w`` its anti-stereotype and ``y_l`` its stereotype (the other
+    way round for a swapped bias type). Unlike the forget and retention terms it only rewards moving the
+    two sentences *apart*, so it cannot be met by a change that raises or lowers both, such as a preference
+    for pleasant words. The ``2/β`` scale matches :func:`npo_loss`: at ``π_θ = π_ref`` the loss is
+    ``(2/β)·log 2`` and its gradient with respect to the margin is -1. Reference log-likelihoods are
+    treated as constants.
+    """
+    margin = (chosen_logprob - chosen_ref_logprob.detach()) - (rejected_logprob - rejected_ref_logprob.detach())
+    return -(2.0 / beta) * F.logsigmoid(beta * margin).mean()
+
+
 def gradient_ascent_loss(policy_logprob: torch.Tensor) -> torch.Tensor:
     """Plain gradient ascent on the forget set: ``L_GA = E[log π_θ(y|x)]`` (minimising it unlearns)."""
     return policy_logprob.mean()

@@ -9,7 +9,15 @@ sequences. With ``π_θ`` the policy and ``π_ref`` the same model with its adap
     L_Retention = CE of π_θ on D_r (anti-stereotypes)                        (eq. 2)
     L_KL        = E_t KL(π_ref(·|x_<t) || π_θ(·|x_<t)) on unrelated text     (eq. 3)
 
-with α = (0.4, 0.4, 0.2) and β = 0.1 by default. A :class:`Method` names which terms are on; the
+with α = (0.4, 0.4, 0.2) and β = 0.1 by default.
+
+An optional fourth term, outside the paper and off by default (``--pair-types``, weight ``--w-pair``),
+takes ``n_pair`` stereotype / anti-stereotype pairs of the named bias types per step:
+
+    L_Pair = -(2/β) E[log σ(β ((log π_θ(y_w|x) - log π_ref(y_w|x)) - (log π_θ(y_l|x) - log π_ref(y_l|x))))]
+
+with ``y_w`` the anti-stereotype and ``y_l`` the stereotype of one example (DPO's form; see
+:func:`~biasunlearn.methods.losses.pairwise_loss`). A :class:`Method` names which terms are on; the
 ablations of the paper's Table 5 and the unlearning baselines (gradient ascent, NPO alone, gradient
 difference) and the fine-tuning baselines (CDA: cross-entropy on the anti-stereotypes, the counterfactual
 sentences; SFT: cross-entropy on stereotypes and anti-stereotypes 1:1) are registered next to
@@ -82,6 +90,7 @@ class ObjectiveWeights:
     beta: float = 0.1
     normalize_forget: bool = False  # length-normalised per-sequence log-likelihood in the forget term
     normalize_retain: bool = False  # retention CE averaged per sequence instead of per token
+    pair: float = 0.0  # weight of the pairwise term (an extension outside the paper; 0 = off)
 
 
 def objective(
@@ -98,8 +107,16 @@ def objective(
     kl_logits: torch.Tensor | None,
     kl_ref_logits: torch.Tensor | None,
     kl_mask: torch.Tensor | None,
+    pair_logits: torch.Tensor | None = None,
+    pair_ids: torch.Tensor | None = None,
+    pair_mask: torch.Tensor | None = None,
+    pair_ref_logprob: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
-    """The loss terms that ``method`` uses and their weighted sum under ``"loss"``."""
+    """The loss terms that ``method`` uses and their weighted sum under ``"loss"``.
+
+    ``pair_*`` hold the pairwise term's ``2n`` rows, the ``n`` rejected sentences first and then their
+    ``n`` chosen partners in the same order; the term is on when they are given and ``w.pair > 0``.
+    """
     zero = next(t for t in (forget_logits, retain_logits, kl_logits) if t is not None).new_zeros(())
     terms: dict[str, torch.Tensor] = {}
     total = zero
@@ -117,5 +134,10 @@ def objective(
     if method.kl:
         terms["kl"] = losses.forward_kl(kl_logits, kl_ref_logits, kl_mask)
         total = total + w.kl * terms["kl"]
+    if w.pair > 0 and pair_logits is not None and len(pair_logits):
+        lp = losses.sequence_logprob(pair_logits, pair_ids, pair_mask, normalize=w.normalize_forget)
+        n = len(lp) // 2
+        terms["pair"] = losses.pairwise_loss(lp[n:], pair_ref_logprob[n:], lp[:n], pair_ref_logprob[:n], beta=w.beta)
+        total = total + w.pair * terms["pair"]
     terms["loss"] = total
     return terms

@@ -40,12 +40,13 @@ def _unwrap(model):
 
 def chunk_loss(model, inputs: dict[str, Any], method: Method, weights: ObjectiveWeights) -> dict[str, torch.Tensor]:
     """The loss terms of one chunk: one policy forward over all rows, one reference forward (adapter
-    disabled, no gradients) over the forget and KL rows."""
+    disabled, no gradients) over the forget, KL and pair rows."""
     from biasunlearn.methods.losses import sequence_logprob
 
     ids, attn, lmask = inputs["input_ids"], inputs["attention_mask"], inputs["loss_mask"]
-    nf, nr, nk = (int(x) for x in inputs["sizes"])
+    nf, nr, nk, npair = (*(int(x) for x in inputs["sizes"]), 0)[:4]
     f, r, k = slice(0, nf), slice(nf, nf + nr), slice(nf + nr, nf + nr + nk)
+    p = slice(nf + nr + nk, nf + nr + nk + 2 * npair)
     packed, packed_ref = inputs.get("packed"), inputs.get("packed_ref")
 
     def run(rows: torch.Tensor | None, pk) -> torch.Tensor:
@@ -61,28 +62,34 @@ def chunk_loss(model, inputs: dict[str, Any], method: Method, weights: Objective
 
     logits = run(None, packed)
 
-    ref_f_lp = ref_k_logits = None
-    need_ref_f = method.forget == "npo" and nf > 0
-    need_ref_k = method.kl and nk > 0
-    if need_ref_f or need_ref_k:
-        rows = torch.cat([torch.arange(nf), torch.arange(nf + nr, nf + nr + nk)]).to(ids.device)
-        if not need_ref_f:
-            rows = rows[nf:]
+    # The reference runs on the forget, KL and pair rows that a term needs. The packed reference batch
+    # always holds all three parts (the collator does not know the method); unpacked, only those needed.
+    need = {"f": method.forget == "npo" and nf > 0, "k": method.kl and nk > 0,
+            "p": weights.pair > 0 and npair > 0}
+    parts = {"f": f, "k": k, "p": p}
+    ref: dict[str, torch.Tensor] = {}
+    if any(need.values()):
+        used = [x for x in parts if packed_ref is not None or need[x]]
+        rows = torch.cat([torch.arange(parts[x].start, parts[x].stop) for x in used]).to(ids.device)
         with torch.no_grad(), _unwrap(model).disable_adapter():
-            # The packed reference batch holds forget + KL rows; without the forget rows, slice them off.
             ref_logits = run(None, packed_ref) if packed_ref is not None else run(rows, None)
-            if packed_ref is not None and not need_ref_f:
-                ref_logits = ref_logits[nf:]
-        if need_ref_f:
-            ref_f_lp = sequence_logprob(ref_logits[:nf], ids[f], lmask[f], normalize=weights.normalize_forget)
-            ref_k_logits = ref_logits[nf:]
-        else:
-            ref_k_logits = ref_logits
+        at = 0
+        for x in used:
+            n = parts[x].stop - parts[x].start
+            ref[x] = ref_logits[at:at + n]
+            at += n
+    ref_f_lp = ref_p_lp = None
+    if need["f"]:
+        ref_f_lp = sequence_logprob(ref["f"], ids[f], lmask[f], normalize=weights.normalize_forget)
+    if need["p"]:
+        ref_p_lp = sequence_logprob(ref["p"], ids[p], lmask[p], normalize=weights.normalize_forget)
     return objective(
         method, weights,
         forget_logits=logits[f], forget_ids=ids[f], forget_mask=lmask[f], forget_ref_logprob=ref_f_lp,
         retain_logits=logits[r], retain_ids=ids[r], retain_mask=lmask[r],
-        kl_logits=logits[k], kl_ref_logits=ref_k_logits, kl_mask=lmask[k],
+        kl_logits=logits[k], kl_ref_logits=ref.get("k") if need["k"] else None, kl_mask=lmask[k],
+        pair_logits=logits[p] if need["p"] else None, pair_ids=ids[p], pair_mask=lmask[p],
+        pair_ref_logprob=ref_p_lp,
     )
 
 
