@@ -338,7 +338,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                          adversarial_fraction=adv, seed=cfg.seed, swap_state=swap, max_length=cfg.max_length,
                          type_sampling=cfg.type_sampling, positive_share=cfg.positive_share,
                          positive_share_types=shares, type_boost=parse_type_boost(cfg.type_boost),
-                         pair_types=cfg.pair_type_list(), n_pair=cfg.n_pair)
+                         pair_types=cfg.pair_type_list() if cfg.w_pair > 0 else (), n_pair=cfg.n_pair)
     ccfg = ControlConfig(signal=cfg.control_signal, every=cfg.control_every, threshold=cfg.control_threshold,
                          z=cfg.control_z, tau=cfg.control_tau, grouping=cfg.control_groups,
                          swapping=method.swapping, on_reversed=cfg.on_reversed,
