@@ -333,12 +333,13 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     start_id = resolve_start_token_id(tok, cfg.scoring.start_token)
     adv = cfg.adversarial_fraction if method.adversarial else 0.0
     n_retain = (cfg.n_retain + (cfg.n_forget if method.forget == "none" else 0)) if method.retain else 0
+    pair_types = cfg.pair_type_list() if cfg.w_pair > 0 else ()  # --w-pair 0: no pairs drawn
     stream = ChunkStream(pools, tok, start_id, n_forget=cfg.n_forget if method.forget != "none" else 0,
                          n_retain=n_retain, n_kl=cfg.n_kl if method.kl else 0, retain_set=method.retain_set,
                          adversarial_fraction=adv, seed=cfg.seed, swap_state=swap, max_length=cfg.max_length,
                          type_sampling=cfg.type_sampling, positive_share=cfg.positive_share,
                          positive_share_types=shares, type_boost=parse_type_boost(cfg.type_boost),
-                         pair_types=cfg.pair_type_list() if cfg.w_pair > 0 else (), n_pair=cfg.n_pair)
+                         pair_types=pair_types, n_pair=cfg.n_pair)
     ccfg = ControlConfig(signal=cfg.control_signal, every=cfg.control_every, threshold=cfg.control_threshold,
                          z=cfg.control_z, tau=cfg.control_tau, grouping=cfg.control_groups,
                          swapping=method.swapping, on_reversed=cfg.on_reversed,
@@ -373,7 +374,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                                   else start_id, pack=cfg.pack_sequences),
             method=method,
             weights=ObjectiveWeights(cfg.w_forget, cfg.w_retain, cfg.w_kl, cfg.beta, cfg.normalize_forget,
-                                     cfg.normalize_retain, cfg.w_pair if cfg.pair_type_list() else 0.0),
+                                     cfg.normalize_retain, cfg.w_pair if pair_types else 0.0),
             callbacks=callbacks,
         )
     if resume_from and trainer.is_world_process_zero():
