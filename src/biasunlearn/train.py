@@ -231,7 +231,9 @@ class TrainConfig:
         if self.save_total_limit < 0:
             raise ConfigError(f"--save-total-limit must be >= 0 (0 keeps every checkpoint), "
                               f"got {self.save_total_limit}")
-        self.pair_type_list()
+        if self.pair_type_list() and METHODS.get(self.method).engine != "biasunlearn":
+            raise ConfigError(f"--pair-types: --method {self.method} does not train on BiasUnlearn's chunks, "
+                              f"so it has no pairwise term; leave --pair-types empty")
         if self.w_pair < 0:
             raise ConfigError(f"--w-pair must be >= 0, got {self.w_pair}")
         for name in ("n_forget", "n_retain", "n_kl", "n_pair"):

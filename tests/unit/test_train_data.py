@@ -1058,3 +1058,14 @@ def test_collate_puts_pairs_last_rejected_first_and_in_the_reference_batch():
     assert b["input_ids"][:, 1].tolist() == [5, 6, 7, 8, 9, 10, 11]
     ref = b["packed_ref"]
     assert sorted(int(x) for x in ref.input_ids.flatten() if int(x) not in (0, 1)) == [5, 7, 8, 9, 10, 11]
+
+
+@pytest.mark.parametrize("method", ["dpo", "biasedit"])
+def test_pair_types_refused_for_methods_without_the_chunk_stream(method):
+    """DPO and BiasEdit do not train on the chunk stream, so a pairwise term would be silently dropped."""
+    from biasunlearn.train import TrainConfig
+
+    with pytest.raises(ConfigError, match=f"--pair-types: --method {method}"):
+        TrainConfig(method=method, pair_types="gender")
+    assert TrainConfig(method=method).pair_type_list() == ()
+    assert TrainConfig(method="no_kl", pair_types="gender").pair_type_list() == ("gender",)
