@@ -205,7 +205,7 @@ class TrainConfig:
     scoring: ScoringConfig = field(default_factory=lambda: ScoringConfig(progress=False))
 
     def __post_init__(self) -> None:
-        METHODS.get(self.method)
+        engine = METHODS.get(self.method).engine
         if self.preset and self.preset not in PRESETS:
             raise ConfigError(f"--preset: unknown preset {self.preset!r}; available: {', '.join(PRESETS)}")
         if self.protect_words:
@@ -231,7 +231,7 @@ class TrainConfig:
         if self.save_total_limit < 0:
             raise ConfigError(f"--save-total-limit must be >= 0 (0 keeps every checkpoint), "
                               f"got {self.save_total_limit}")
-        if self.pair_type_list() and METHODS.get(self.method).engine != "biasunlearn":
+        if self.pair_type_list() and engine != "biasunlearn":
             raise ConfigError(f"--pair-types: --method {self.method} does not train on BiasUnlearn's chunks, "
                               f"so it has no pairwise term; leave --pair-types empty")
         if self.w_pair < 0:
