@@ -205,7 +205,7 @@ class TrainConfig:
     scoring: ScoringConfig = field(default_factory=lambda: ScoringConfig(progress=False))
 
     def __post_init__(self) -> None:
-        engine = METHODS.get(self.method).engine
+        method = METHODS.get(self.method)
         if self.preset and self.preset not in PRESETS:
             raise ConfigError(f"--preset: unknown preset {self.preset!r}; available: {', '.join(PRESETS)}")
         if self.protect_words:
@@ -231,9 +231,14 @@ class TrainConfig:
         if self.save_total_limit < 0:
             raise ConfigError(f"--save-total-limit must be >= 0 (0 keeps every checkpoint), "
                               f"got {self.save_total_limit}")
-        if self.pair_type_list() and engine != "biasunlearn":
-            raise ConfigError(f"--pair-types: --method {self.method} does not train on BiasUnlearn's chunks, "
-                              f"so it has no pairwise term; leave --pair-types empty")
+        self.pair_type_list()
+        if method.engine != "biasunlearn" and (unused := self.chunk_options_set()):
+            raise ConfigError(f"{', '.join(unused)}: --method {self.method} does not train on BiasUnlearn's "
+                              f"chunks, so {'this option has' if len(unused) == 1 else 'these options have'} "
+                              f"no effect on it; leave {'it' if len(unused) == 1 else 'them'} unset")
+        if self.counterfactual_retain and not method.retain:
+            raise ConfigError(f"--counterfactual-retain: --method {self.method} has no retention term, so the "
+                              f"counterfactual sentences would not be trained on; leave it unset")
         if self.w_pair < 0:
             raise ConfigError(f"--w-pair must be >= 0, got {self.w_pair}")
         for name in ("n_forget", "n_retain", "n_kl", "n_pair"):
@@ -248,6 +253,14 @@ class TrainConfig:
             raise ConfigError(f"--control-groups: expected one of {', '.join(GROUPINGS)}, got {self.control_groups!r}")
         if self.control_by not in CONTROL_BY:
             raise ConfigError(f"--control-by: expected one of {', '.join(CONTROL_BY)}, got {self.control_by!r}")
+
+    def chunk_options_set(self) -> list[str]:
+        """The flags, set away from their off value, that only BiasUnlearn's chunk stream reads (the
+        objective's terms and its ablations); the other engines (DPO, BiasEdit) would ignore them."""
+        opt_in = {"positive_share": "--positive-share", "positive_share_types": "--positive-share-types",
+                  "type_boost": "--type-boost", "counterfactual_retain": "--counterfactual-retain",
+                  "protect_words": "--protect-words", "pair_types": "--pair-types"}
+        return [flag for name, flag in opt_in.items() if getattr(self, name)]
 
     def pair_type_list(self) -> tuple[str, ...]:
         """The bias types of ``--pair-types`` (empty: the pairwise term is off)."""
@@ -317,7 +330,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     pools = build_pools(splits.train, cfg.loss_region, tasks, cfg.control_groups, cfg.protect_words,
                         cfg.protect_scope,
                         sentiment=cfg.positive_share > 0 or any(shares.values()),
-                        counterfactual=cfg.counterfactual_retain if method.retain else "")
+                        counterfactual=cfg.counterfactual_retain)
     swap = SwapState()
     history: list[dict[str, Any]] = []
     ckpt_dir = out / "checkpoints"

@@ -1060,12 +1060,37 @@ def test_collate_puts_pairs_last_rejected_first_and_in_the_reference_batch():
     assert sorted(int(x) for x in ref.input_ids.flatten() if int(x) not in (0, 1)) == [5, 7, 8, 9, 10, 11]
 
 
+CHUNK_OPTIONS = [("pair_types", "gender", "--pair-types"), ("positive_share", 0.5, "--positive-share"),
+                 ("positive_share_types", "gender=0.75", "--positive-share-types"),
+                 ("type_boost", "gender=3", "--type-boost"),
+                 ("counterfactual_retain", "gender", "--counterfactual-retain"),
+                 ("protect_words", "gender", "--protect-words")]
+
+
 @pytest.mark.parametrize("method", ["dpo", "biasedit"])
-def test_pair_types_refused_for_methods_without_the_chunk_stream(method):
-    """DPO and BiasEdit do not train on the chunk stream, so a pairwise term would be silently dropped."""
+@pytest.mark.parametrize("name,value,flag", CHUNK_OPTIONS)
+def test_chunk_options_refused_for_methods_without_the_chunk_stream(method, name, value, flag):
+    """DPO and BiasEdit do not train on the chunk stream, so these options would be silently dropped."""
     from biasunlearn.train import TrainConfig
 
-    with pytest.raises(ConfigError, match=f"--pair-types: --method {method}"):
-        TrainConfig(method=method, pair_types="gender")
-    assert TrainConfig(method=method).pair_type_list() == ()
+    with pytest.raises(ConfigError, match=f"^{flag}: --method {method} does not train"):
+        TrainConfig(method=method, **{name: value})
+    assert TrainConfig(method=method).chunk_options_set() == []
+    assert TrainConfig(method="no_kl", **{name: value}).chunk_options_set() == [flag]
+
+
+def test_chunk_options_refusal_names_every_flag_set():
+    from biasunlearn.train import TrainConfig
+
+    with pytest.raises(ConfigError, match=r"^--type-boost, --pair-types: --method dpo .* leave them unset"):
+        TrainConfig(method="dpo", type_boost="race=2", pair_types="gender")
     assert TrainConfig(method="no_kl", pair_types="gender").pair_type_list() == ("gender",)
+
+
+@pytest.mark.parametrize("method", ["ga", "npo", "no_retention"])
+def test_counterfactual_retain_refused_without_a_retention_term(method):
+    from biasunlearn.train import TrainConfig
+
+    with pytest.raises(ConfigError, match=f"^--counterfactual-retain: --method {method} has no retention term"):
+        TrainConfig(method=method, counterfactual_retain="gender")
+    assert TrainConfig(method="graddiff", counterfactual_retain="gender").counterfactual_retain == "gender"
