@@ -35,6 +35,7 @@ from biasunlearn.methods.data import (
     SwapState,
     build_pools,
     collate_chunk,
+    invariance_pairs,
     parse_type_boost,
     parse_type_shares,
 )
@@ -128,6 +129,12 @@ class TrainConfig:
             biasunlearn.methods.losses.pairwise_loss); empty = off (the paper's objective).
         n_pair: pairs per step for the pairwise term.
         w_pair: weight of the pairwise term.
+        invariance_types: comma-separated bias types with a word list (gender, race, religion) whose group
+            words are flipped for the group-swap invariance term (an extension outside the paper: the
+            preference between a train sentence and its counterfactual stays the reference's; see
+            biasunlearn.methods.losses.swap_invariance_loss); empty = off (the paper's objective).
+        n_invariance: sentence / counterfactual pairs per step for the invariance term.
+        w_invariance: weight of the invariance term.
         early_stop: stop once every bias type is balanced on the control split.
         control_patience: consecutive control readings on which every type must be balanced before the
             run stops (1 = the first such reading; more guards against a reading balanced by noise).
@@ -191,6 +198,9 @@ class TrainConfig:
     pair_types: str = ""
     n_pair: int = 4
     w_pair: float = 0.4
+    invariance_types: str = ""
+    n_invariance: int = 8
+    w_invariance: float = 0.4
     early_stop: bool = True
     control_patience: int = 1
     keep_best: bool = True
@@ -216,6 +226,10 @@ class TrainConfig:
             from biasunlearn.methods.data import counterfactual_wordlists
 
             counterfactual_wordlists(self.counterfactual_retain)
+        if self.invariance_types:
+            from biasunlearn.methods.data import invariance_wordlists
+
+            invariance_wordlists(self.invariance_types)
         if self.loss_region not in REGIONS:
             raise ConfigError(f"--loss-region: expected one of {', '.join(REGIONS)}, got {self.loss_region!r}")
         if not 0.0 <= self.positive_share <= 1.0:
@@ -241,7 +255,9 @@ class TrainConfig:
                               f"counterfactual sentences would not be trained on; leave it unset")
         if self.w_pair < 0:
             raise ConfigError(f"--w-pair must be >= 0, got {self.w_pair}")
-        for name in ("n_forget", "n_retain", "n_kl", "n_pair"):
+        if self.w_invariance < 0:
+            raise ConfigError(f"--w-invariance must be >= 0, got {self.w_invariance}")
+        for name in ("n_forget", "n_retain", "n_kl", "n_pair", "n_invariance"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 0")
         ControlConfig(signal=self.control_signal, every=self.control_every, tau=self.control_tau,
@@ -259,7 +275,8 @@ class TrainConfig:
         objective's terms and its ablations); the other engines (DPO, BiasEdit) would ignore them."""
         opt_in = {"positive_share": "--positive-share", "positive_share_types": "--positive-share-types",
                   "type_boost": "--type-boost", "counterfactual_retain": "--counterfactual-retain",
-                  "protect_words": "--protect-words", "pair_types": "--pair-types"}
+                  "protect_words": "--protect-words", "pair_types": "--pair-types",
+                  "invariance_types": "--invariance-types"}
         return [flag for name, flag in opt_in.items() if getattr(self, name)]
 
     def pair_type_list(self) -> tuple[str, ...]:
@@ -354,7 +371,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                          adversarial_fraction=adv, seed=cfg.seed, swap_state=swap, max_length=cfg.max_length,
                          type_sampling=cfg.type_sampling, positive_share=cfg.positive_share,
                          positive_share_types=shares, type_boost=parse_type_boost(cfg.type_boost),
-                         pair_types=pair_types, n_pair=cfg.n_pair)
+                         pair_types=pair_types, n_pair=cfg.n_pair,
+                         invariance=invariance_pairs(splits.train, cfg.invariance_types, tasks)
+                         if cfg.w_invariance > 0 else (), n_invariance=cfg.n_invariance)
     ccfg = ControlConfig(signal=cfg.control_signal, every=cfg.control_every, threshold=cfg.control_threshold,
                          z=cfg.control_z, tau=cfg.control_tau, grouping=cfg.control_groups,
                          swapping=method.swapping, on_reversed=cfg.on_reversed,
@@ -389,7 +408,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                                   else start_id, pack=cfg.pack_sequences),
             method=method,
             weights=ObjectiveWeights(cfg.w_forget, cfg.w_retain, cfg.w_kl, cfg.beta, cfg.normalize_forget,
-                                     cfg.normalize_retain, cfg.w_pair if pair_types else 0.0),
+                                     cfg.normalize_retain, cfg.w_pair if pair_types else 0.0,
+                                     cfg.w_invariance if cfg.invariance_types else 0.0),
             callbacks=callbacks,
         )
     if resume_from and trainer.is_world_process_zero():

@@ -498,3 +498,43 @@ def test_objective_adds_the_weighted_pairwise_term_only_when_on():
            atol=1e-5)
     assert "pair" not in objective(METHODS.get("biasunlearn"), W, **x, **pair)  # weight 0: off
     assert "pair" not in objective(METHODS.get("biasunlearn"), w, **x)  # no pairs: off
+
+
+# --------------------------------------------------------------------------------------------------
+# Group-swap invariance term (an extension outside the paper, --invariance-types)
+# --------------------------------------------------------------------------------------------------
+
+
+def test_swap_invariance_loss_hand_case_and_gradient():
+    orig = torch.tensor([-3.0, -5.0], requires_grad=True)
+    flip = torch.tensor([-4.0, -5.0], requires_grad=True)
+    orig_ref, flip_ref = torch.tensor([-3.0, -5.0]), torch.tensor([-3.5, -6.0])
+    # drift 1: (-3 + 4) - (-3 + 3.5) = 0.5; drift 2: (-5 + 5) - (-5 + 6) = -1; mean(0.25, 1) = 0.625
+    loss = losses.swap_invariance_loss(orig, orig_ref, flip, flip_ref)
+    _close(loss, 0.625, atol=1e-6)
+    loss.backward()
+    # d/d orig_i = 2 drift_i / n; d/d flip_i = -2 drift_i / n
+    _close(orig.grad, [0.5, -1.0], atol=1e-6)
+    _close(flip.grad, [-0.5, 1.0], atol=1e-6)
+    # zero at the reference, and blind to a shift of both versions by the same amount
+    _close(losses.swap_invariance_loss(orig_ref, orig_ref, flip_ref, flip_ref), 0.0, atol=1e-7)
+    _close(losses.swap_invariance_loss(orig_ref + 2.0, orig_ref, flip_ref + 2.0, flip_ref), 0.0, atol=1e-6)
+
+
+def test_objective_adds_the_weighted_invariance_term_only_when_on():
+    x = _inputs(3)
+    g = torch.Generator().manual_seed(7)
+    inv = {"inv_logits": torch.randn(4, 5, 11, generator=g), "inv_ids": torch.randint(0, 11, (4, 5), generator=g),
+           "inv_mask": torch.tensor([[0, 1, 1, 1, 0]] * 4, dtype=torch.bool),
+           "inv_ref_logprob": torch.tensor([-3.0, -4.0, -2.0, -6.0])}
+    w = ObjectiveWeights(forget=0.3, retain=0.5, kl=0.7, beta=0.2, normalize_forget=True, invariance=0.9)
+    out = objective(METHODS.get("biasunlearn"), w, **x, **inv)
+    # summed (not length-normalised) log-likelihoods; rows 0-1 the sentences, rows 2-3 their counterfactuals
+    lp = losses.sequence_logprob(inv["inv_logits"], inv["inv_ids"], inv["inv_mask"])
+    ref = inv["inv_ref_logprob"]
+    expected = (((lp[:2] - lp[2:]) - (ref[:2] - ref[2:])) ** 2).mean()
+    _close(out["invariance"], expected.item(), atol=1e-5)
+    _close(out["loss"], (0.3 * out["forget"] + 0.5 * out["retain"] + 0.7 * out["kl"]
+                         + 0.9 * out["invariance"]).item(), atol=1e-5)
+    assert "invariance" not in objective(METHODS.get("biasunlearn"), W, **x, **inv)  # weight 0: off
+    assert "invariance" not in objective(METHODS.get("biasunlearn"), w, **x)  # no rows: off

@@ -574,7 +574,7 @@ def test_stream_works_in_dataloader(byte_tok):
     s = ChunkStream(_pools(), byte_tok, 0, n_forget=1, n_retain=2, n_kl=1)
     dl = torch.utils.data.DataLoader(s, batch_size=2, collate_fn=lambda chunks: collate_chunk(chunks, pad_id=1))
     batch = next(iter(dl))
-    assert batch["sizes"] == [2, 4, 2, 0]
+    assert batch["sizes"] == [2, 4, 2, 0, 0]
     assert batch["input_ids"].shape[0] == 8
 
 
@@ -590,7 +590,7 @@ def test_collate_chunk_padding_order_and_sizes():
            "kl": [Encoded([0, 11], [f, t])]}
     ch2 = {"forget": [Encoded([0, 12], [f, t])], "retain": [], "kl": [Encoded([0, 13, 14, 15, 16], [f, t, t, t, t])]}
     b = collate_chunk([ch1, ch2], pad_id=1)
-    assert b["sizes"] == [2, 2, 2, 0]
+    assert b["sizes"] == [2, 2, 2, 0, 0]
     # order: forget (chunk 1, chunk 2), retain, kl; right-padded with pad_id to width 5
     assert b["input_ids"].tolist() == [
         [0, 5, 6, 1, 1],
@@ -610,7 +610,7 @@ def test_collate_chunk_padding_order_and_sizes():
 def test_collate_real_chunk_alignment(byte_tok):
     chunk = _take(ChunkStream(_pools(), byte_tok, 0), 1)[0]
     b = collate_chunk([chunk], pad_id=byte_tok.pad_token_id)
-    assert b["sizes"] == [4, 28, 8, 0]
+    assert b["sizes"] == [4, 28, 8, 0, 0]
     seqs = chunk["forget"] + chunk["retain"] + chunk["kl"]
     assert b["input_ids"].shape == (40, max(len(s.input_ids) for s in seqs))
     for row, s in enumerate(seqs):
@@ -1054,7 +1054,7 @@ def test_collate_puts_pairs_last_rejected_first_and_in_the_reference_batch():
           "pair_rejected": [Encoded([0, 8], [f, t]), Encoded([0, 9], [f, t])],
           "pair_chosen": [Encoded([0, 10], [f, t]), Encoded([0, 11], [f, t])]}
     b = collate_chunk([ch], pad_id=1)
-    assert b["sizes"] == [1, 1, 1, 2]
+    assert b["sizes"] == [1, 1, 1, 2, 0]
     assert b["input_ids"][:, 1].tolist() == [5, 6, 7, 8, 9, 10, 11]
     ref = b["packed_ref"]
     assert sorted(int(x) for x in ref.input_ids.flatten() if int(x) not in (0, 1)) == [5, 7, 8, 9, 10, 11]
@@ -1064,7 +1064,7 @@ CHUNK_OPTIONS = [("pair_types", "gender", "--pair-types"), ("positive_share", 0.
                  ("positive_share_types", "gender=0.75", "--positive-share-types"),
                  ("type_boost", "gender=3", "--type-boost"),
                  ("counterfactual_retain", "gender", "--counterfactual-retain"),
-                 ("protect_words", "gender", "--protect-words")]
+                 ("protect_words", "gender", "--protect-words"), ("invariance_types", "gender", "--invariance-types")]
 
 
 @pytest.mark.parametrize("method", ["dpo", "biasedit"])
@@ -1094,3 +1094,68 @@ def test_counterfactual_retain_refused_without_a_retention_term(method):
     with pytest.raises(ConfigError, match=f"^--counterfactual-retain: --method {method} has no retention term"):
         TrainConfig(method=method, counterfactual_retain="gender")
     assert TrainConfig(method="graddiff", counterfactual_retain="gender").counterfactual_retain == "gender"
+
+
+# --------------------------------------------------------------------------------------------------
+# Group-swap invariance pairs (--invariance-types)
+# --------------------------------------------------------------------------------------------------
+
+
+def test_invariance_pairs_are_whole_sentences_and_their_counterfactuals():
+    from biasunlearn.methods.data import invariance_pairs
+
+    pairs = invariance_pairs(_cf_examples(), "gender")
+    got = {(_region(a), _region(b)) for a, b in pairs}
+    # every label of every bias type, as long as flipping changes the text; the region is the whole
+    # sentence (intrasentence) or the candidate after its flipped context (intersentence)
+    assert got == {("The schoolboy was rowdy.", "The schoolgirl was rowdy."),
+                   ("The schoolboy was calm.", "The schoolgirl was calm."),
+                   ("The schoolboy was blue.", "The schoolgirl was blue."),
+                   ("She baked cookies.", "He baked cookies."), ("She fixed the car.", "He fixed the car."),
+                   ("Rain falls.", "Rain falls."),
+                   ("He was good at math.", "She was good at math."),
+                   ("She was good at math.", "He was good at math.")}
+    rain = next((a, b) for a, b in pairs if a.text.endswith("Rain falls."))
+    assert rain[0].text == "My mother came home. Rain falls." and rain[1].text == "My father came home. Rain falls."
+    assert {a.label for a, _ in pairs} == {"stereotype", "anti-stereotype", "unrelated"}
+    assert len(invariance_pairs(_cf_examples(), "gender", tasks=("intrasentence",))) == 3
+    assert len(invariance_pairs(_cf_examples(), "religion")) == 6  # two flips of each church sentence
+    with pytest.raises(ConfigError, match="--invariance-types"):
+        invariance_pairs(_cf_examples(), "profession")
+
+
+def test_stream_draws_invariance_pairs_and_collate_puts_them_last(byte_tok):
+    from biasunlearn.methods.data import invariance_pairs
+
+    pairs = invariance_pairs(_cf_examples(), "gender")
+    s = ChunkStream(_pools(), byte_tok, 0, invariance=pairs, n_invariance=3)
+    chunks = _take(s, 4)
+    assert all(len(ch["inv_orig"]) == len(ch["inv_flip"]) == 3 for ch in chunks)
+    orig, flip = _decoded(byte_tok, chunks, "inv_orig"), _decoded(byte_tok, chunks, "inv_flip")
+    known = {(a.text, b.text) for a, b in pairs}
+    assert all((o, f) in known for o, f in zip(orig, flip, strict=True))
+    assert len(set(orig[:len(pairs)])) == len(pairs)  # cycled: all pairs before any repeat
+    assert "inv_orig" not in _take(ChunkStream(_pools(), byte_tok, 0, n_invariance=3), 1)[0]  # no pairs: off
+    with pytest.raises(ConfigError, match="--n-invariance"):
+        ChunkStream(_pools(), byte_tok, 0, invariance=pairs, n_invariance=-1)
+    f, t = False, True
+    ch = {"forget": [Encoded([0, 5], [f, t])], "retain": [Encoded([0, 6], [f, t])], "kl": [Encoded([0, 7], [f, t])],
+          "pair_rejected": [Encoded([0, 8], [f, t])], "pair_chosen": [Encoded([0, 9], [f, t])],
+          "inv_orig": [Encoded([0, 12], [f, t])], "inv_flip": [Encoded([0, 13], [f, t])]}
+    b = collate_chunk([ch], pad_id=1)
+    assert b["sizes"] == [1, 1, 1, 1, 1]
+    assert b["input_ids"][:, 1].tolist() == [5, 6, 7, 8, 9, 12, 13]
+    ref = b["packed_ref"]
+    assert sorted(int(x) for x in ref.input_ids.flatten() if int(x) not in (0, 1)) == [5, 7, 8, 9, 12, 13]
+
+
+def test_invariance_types_name_their_flag():
+    from biasunlearn.train import TrainConfig
+
+    with pytest.raises(ConfigError, match="--invariance-types"):
+        TrainConfig(invariance_types="profession")
+    with pytest.raises(ConfigError, match="--w-invariance"):
+        TrainConfig(invariance_types="gender", w_invariance=-1)
+    with pytest.raises(ConfigError, match="--n-invariance"):
+        TrainConfig(n_invariance=-1)
+    assert TrainConfig(invariance_types="gender").chunk_options_set() == ["--invariance-types"]

@@ -215,6 +215,35 @@ def counterfactual_examples(ex: StereoExample, wordlist) -> list[StereoExample]:
     return out
 
 
+def invariance_wordlists(types: str) -> dict[str, object]:
+    """``{bias type: word list}`` of ``--invariance-types`` (comma-separated bias types), checked."""
+    return _type_wordlists(types, "--invariance-types")
+
+
+def invariance_pairs(examples: Sequence[StereoExample], types: str,
+                     tasks: Sequence[str] = ("intrasentence", "intersentence")) -> list[tuple[TrainItem, TrainItem]]:
+    """``(sentence, counterfactual)`` pairs for the group-swap invariance term
+    (:func:`~biasunlearn.methods.losses.swap_invariance_loss`): every stereotype, anti-stereotype and
+    unrelated sentence of ``examples`` (all bias types) whose text changes when the group words of a
+    listed type's word list are flipped (:func:`counterfactual_examples`), each with its flipped version.
+    The region is the whole sentence (intrasentence) or the candidate after its context (intersentence,
+    the context flipped too), so the group word itself counts."""
+    lists = invariance_wordlists(types)
+    out: list[tuple[TrainItem, TrainItem]] = []
+    for ex in examples:
+        if ex.task not in tasks:
+            continue
+        for wordlist in lists.values():
+            for cex in counterfactual_examples(ex, wordlist):
+                for label in ("stereotype", "anti-stereotype", "unrelated"):
+                    a, b = loss_region(ex, label, "sentence"), loss_region(cex, label, "sentence")
+                    if a.text != b.text:
+                        out.append((a, b))
+    if lists:
+        log.info("group-swap invariance (%s): %d sentence / counterfactual pairs", ",".join(lists), len(out))
+    return out
+
+
 def build_pools(examples: Sequence[StereoExample], region: str = "from_blank",
                 tasks: Sequence[str] = ("intrasentence", "intersentence"), grouping: str = "type",
                 protect_words: str = "", protect_scope: str = "other", sentiment: bool = False,
@@ -462,6 +491,10 @@ class ChunkStream(torch.utils.data.IterableDataset):
     ``n_pair`` pairs of one example's stereotype and anti-stereotype from the bias types named (drawn
     uniformly from their examples, resting types left out), under ``pair_rejected`` and ``pair_chosen``:
     the stereotype is rejected and the anti-stereotype chosen, the other way round once the type is swapped.
+
+    ``invariance`` / ``n_invariance`` (an extension outside the paper, off by default): each chunk also
+    holds ``n_invariance`` sentence / counterfactual pairs (:func:`invariance_pairs`, cycled), under
+    ``inv_orig`` and ``inv_flip``.
     """
 
     def __init__(self, pools: Pools, tokenizer, start_id: int, *, n_forget: int = 4, n_retain: int = 28,
@@ -470,7 +503,8 @@ class ChunkStream(torch.utils.data.IterableDataset):
                  retain_set: str = "anti", positive_share: float = 0.0,
                  positive_share_types: dict[str, float] | None = None,
                  type_boost: dict[str, float] | None = None, pair_types: Sequence[str] = (),
-                 n_pair: int = 0) -> None:
+                 n_pair: int = 0, invariance: Sequence[tuple[TrainItem, TrainItem]] = (),
+                 n_invariance: int = 0) -> None:
         super().__init__()
         if not 0.0 <= adversarial_fraction <= 1.0:
             raise ConfigError(f"--adversarial-fraction must be in [0, 1], got {adversarial_fraction}")
@@ -502,6 +536,10 @@ class ChunkStream(torch.utils.data.IterableDataset):
             raise ConfigError(f"--pair-types: no train examples of {', '.join(unknown)}; "
                               f"expected some of {', '.join(sorted({t.split('/')[0] for t in pools.stereo}))}")
         self.n_pair = n_pair if pair_types else 0
+        if n_invariance < 0:
+            raise ConfigError(f"--n-invariance must be >= 0, got {n_invariance}")
+        self.invariance = list(invariance)
+        self.n_invariance = n_invariance if self.invariance else 0
         #: per pool key, (stereotype, anti-stereotype) of each example that has both
         self.pairs: dict[str, list[tuple[TrainItem, TrainItem]]] = {}
         for t in pools.stereo:
@@ -539,6 +577,7 @@ class ChunkStream(torch.utils.data.IterableDataset):
         directions: dict[tuple[str, str, bool], tuple[list[str], list[float]]] = {}
         kl = _Cycler(self.pools.unrelated, rng)
         pair_cyclers = {t: _Cycler(v, rng) for t, v in self.pairs.items()}
+        invariance = _Cycler(self.invariance, rng) if self.n_invariance else None
 
         def draw(role: str, n: int) -> list[Encoded]:
             pools = {t: (self.forget_pool(t) if role == "forget" else self.retain_pool(t)) for t in types}
@@ -580,26 +619,32 @@ class ChunkStream(torch.utils.data.IterableDataset):
             }
             if self.n_pair:
                 chunk["pair_rejected"], chunk["pair_chosen"] = draw_pairs()
+            if invariance is not None:
+                drawn = [invariance.next() for _ in range(self.n_invariance)]
+                chunk["inv_orig"], chunk["inv_flip"] = (
+                    [encode_item(self.tokenizer, it, self.start_id, self.max_length) for it in part]
+                    for part in zip(*drawn, strict=True))
             yield chunk
 
 
 def collate_chunk(chunks: list[dict[str, list[Encoded]]], pad_id: int, pack: bool = True
                   ) -> dict[str, torch.Tensor | list[int] | Packed]:
     """One batch holding every sequence of the chunk(s), in the order forget, retain, KL, pair (rejected
-    sentences, then their chosen partners).
+    sentences, then their chosen partners), invariance (sentences, then their counterfactuals).
 
     ``input_ids``/``attention_mask``/``loss_mask`` are the right-padded ``[B, T]`` layout the losses use;
-    ``sizes`` gives the number of sequences of the forget, retain and KL parts and the number of pairs.
-    With ``pack`` the batch also carries ``packed`` (all sequences) and ``packed_ref`` (forget, KL and pair
-    sequences, for the reference pass):
+    ``sizes`` gives the number of sequences of the forget, retain and KL parts, the number of pairs and the
+    number of invariance pairs. With ``pack`` the batch also carries ``packed`` (all sequences) and
+    ``packed_ref`` (forget, KL, pair and invariance sequences, for the reference pass):
     the sequences packed into rows with block-diagonal attention, which is how the model is run
     (the same computation, without the padding).
     """
-    parts: dict[str, list[Encoded]] = {"forget": [], "retain": [], "kl": [], "pair_rejected": [], "pair_chosen": []}
+    parts: dict[str, list[Encoded]] = {"forget": [], "retain": [], "kl": [], "pair_rejected": [], "pair_chosen": [],
+                                       "inv_orig": [], "inv_flip": []}
     for ch in chunks:
         for k in parts:
             parts[k].extend(ch.get(k, []))
-    pairs = parts["pair_rejected"] + parts["pair_chosen"]
+    pairs = parts["pair_rejected"] + parts["pair_chosen"] + parts["inv_orig"] + parts["inv_flip"]
     seqs = parts["forget"] + parts["retain"] + parts["kl"] + pairs
     width = max(len(s.input_ids) for s in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
@@ -612,7 +657,8 @@ def collate_chunk(chunks: list[dict[str, list[Encoded]]], pad_id: int, pack: boo
         lmask[i, :n] = torch.tensor(s.loss_mask)
     out: dict[str, torch.Tensor | list[int] | Packed] = {
         "input_ids": ids, "attention_mask": attn, "loss_mask": lmask,
-        "sizes": [len(parts["forget"]), len(parts["retain"]), len(parts["kl"]), len(parts["pair_rejected"])],
+        "sizes": [len(parts["forget"]), len(parts["retain"]), len(parts["kl"]), len(parts["pair_rejected"]),
+                  len(parts["inv_orig"])],
     }
     if pack:
         out["packed"] = pack_sequences([s.input_ids for s in seqs], pad_id)

@@ -71,6 +71,23 @@ def pairwise_loss(chosen_logprob: torch.Tensor, chosen_ref_logprob: torch.Tensor
     return -(2.0 / beta) * F.logsigmoid(beta * margin).mean()
 
 
+def swap_invariance_loss(orig_logprob: torch.Tensor, orig_ref_logprob: torch.Tensor, flip_logprob: torch.Tensor,
+                         flip_ref_logprob: torch.Tensor) -> torch.Tensor:
+    """Group-swap invariance term, an extension outside the paper.
+
+    ``L_Inv = E_{(s, s̄)} [ ((log π_θ(s) - log π_θ(s̄)) - (log π_ref(s) - log π_ref(s̄)))² ]``
+
+    over train-split sentences ``s`` that hold a group word and their counterfactuals ``s̄`` (the group
+    words flipped: mother <-> father), with summed log-likelihoods of the whole sentence. It keeps the
+    model's preference between the two versions of a sentence where the reference had it, so that the
+    other terms cannot shift the model toward one group's words in general (the shift CrowS-Pairs, whose
+    pairs differ in the group word, reads as bias). Zero at ``π_θ = π_ref``; reference log-likelihoods
+    are treated as constants.
+    """
+    drift = (orig_logprob - flip_logprob) - (orig_ref_logprob.detach() - flip_ref_logprob.detach())
+    return drift.pow(2).mean()
+
+
 def gradient_ascent_loss(policy_logprob: torch.Tensor) -> torch.Tensor:
     """Plain gradient ascent on the forget set: ``L_GA = E[log π_θ(y|x)]`` (minimising it unlearns)."""
     return policy_logprob.mean()

@@ -17,7 +17,13 @@ takes ``n_pair`` stereotype / anti-stereotype pairs of the named bias types per 
     L_Pair = -(2/β) E[log σ(β ((log π_θ(y_w|x) - log π_ref(y_w|x)) - (log π_θ(y_l|x) - log π_ref(y_l|x))))]
 
 with ``y_w`` the anti-stereotype and ``y_l`` the stereotype of one example (DPO's form; see
-:func:`~biasunlearn.methods.losses.pairwise_loss`). A :class:`Method` names which terms are on; the
+:func:`~biasunlearn.methods.losses.pairwise_loss`). A fifth, also outside the paper and off by default
+(``--invariance-types``, weight ``--w-invariance``), takes ``n_invariance`` train sentences holding a group
+word and their counterfactuals ``s̄`` (group words flipped) per step:
+
+    L_Inv = E[((log π_θ(s) - log π_θ(s̄)) - (log π_ref(s) - log π_ref(s̄)))²]
+
+(see :func:`~biasunlearn.methods.losses.swap_invariance_loss`). A :class:`Method` names which terms are on; the
 ablations of the paper's Table 5 and the unlearning baselines (gradient ascent, NPO alone, gradient
 difference) and the fine-tuning baselines (CDA: cross-entropy on the anti-stereotypes, the counterfactual
 sentences; SFT: cross-entropy on stereotypes and anti-stereotypes 1:1) are registered next to
@@ -91,6 +97,7 @@ class ObjectiveWeights:
     normalize_forget: bool = False  # length-normalised per-sequence log-likelihood in the forget term
     normalize_retain: bool = False  # retention CE averaged per sequence instead of per token
     pair: float = 0.0  # weight of the pairwise term (an extension outside the paper; 0 = off)
+    invariance: float = 0.0  # weight of the group-swap invariance term (outside the paper; 0 = off)
 
 
 def objective(
@@ -111,11 +118,17 @@ def objective(
     pair_ids: torch.Tensor | None = None,
     pair_mask: torch.Tensor | None = None,
     pair_ref_logprob: torch.Tensor | None = None,
+    inv_logits: torch.Tensor | None = None,
+    inv_ids: torch.Tensor | None = None,
+    inv_mask: torch.Tensor | None = None,
+    inv_ref_logprob: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """The loss terms that ``method`` uses and their weighted sum under ``"loss"``.
 
     ``pair_*`` hold the pairwise term's ``2n`` rows, the ``n`` rejected sentences first and then their
     ``n`` chosen partners in the same order; the term is on when they are given and ``w.pair > 0``.
+    ``inv_*`` likewise hold the invariance term's ``2m`` rows, ``m`` sentences and then their
+    counterfactuals (whole-sentence summed log-likelihoods); on when given and ``w.invariance > 0``.
     """
     zero = next(t for t in (forget_logits, retain_logits, kl_logits) if t is not None).new_zeros(())
     terms: dict[str, torch.Tensor] = {}
@@ -139,5 +152,10 @@ def objective(
         n = len(lp) // 2
         terms["pair"] = losses.pairwise_loss(lp[n:], pair_ref_logprob[n:], lp[:n], pair_ref_logprob[:n], beta=w.beta)
         total = total + w.pair * terms["pair"]
+    if w.invariance > 0 and inv_logits is not None and len(inv_logits):
+        lp = losses.sequence_logprob(inv_logits, inv_ids, inv_mask)
+        m = len(lp) // 2
+        terms["invariance"] = losses.swap_invariance_loss(lp[:m], inv_ref_logprob[:m], lp[m:], inv_ref_logprob[m:])
+        total = total + w.invariance * terms["invariance"]
     terms["loss"] = total
     return terms

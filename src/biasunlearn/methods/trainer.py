@@ -40,13 +40,14 @@ def _unwrap(model):
 
 def chunk_loss(model, inputs: dict[str, Any], method: Method, weights: ObjectiveWeights) -> dict[str, torch.Tensor]:
     """The loss terms of one chunk: one policy forward over all rows, one reference forward (adapter
-    disabled, no gradients) over the forget, KL and pair rows."""
+    disabled, no gradients) over the forget, KL, pair and invariance rows."""
     from biasunlearn.methods.losses import sequence_logprob
 
     ids, attn, lmask = inputs["input_ids"], inputs["attention_mask"], inputs["loss_mask"]
-    nf, nr, nk, npair = (*(int(x) for x in inputs["sizes"]), 0)[:4]
+    nf, nr, nk, npair, ninv = (*(int(x) for x in inputs["sizes"]), 0, 0)[:5]
     f, r, k = slice(0, nf), slice(nf, nf + nr), slice(nf + nr, nf + nr + nk)
-    p = slice(nf + nr + nk, nf + nr + nk + 2 * npair)
+    p = slice(k.stop, k.stop + 2 * npair)
+    i = slice(p.stop, p.stop + 2 * ninv)
     packed, packed_ref = inputs.get("packed"), inputs.get("packed_ref")
 
     def run(rows: torch.Tensor | None, pk) -> torch.Tensor:
@@ -62,11 +63,11 @@ def chunk_loss(model, inputs: dict[str, Any], method: Method, weights: Objective
 
     logits = run(None, packed)
 
-    # The reference runs on the forget, KL and pair rows that a term needs. The packed reference batch
-    # always holds all three parts (the collator does not know the method); unpacked, only those needed.
+    # The reference runs on the forget, KL, pair and invariance rows that a term needs. The packed reference
+    # batch always holds all four parts (the collator does not know the method); unpacked, only those needed.
     need = {"f": method.forget == "npo" and nf > 0, "k": method.kl and nk > 0,
-            "p": weights.pair > 0 and npair > 0}
-    parts = {"f": f, "k": k, "p": p}
+            "p": weights.pair > 0 and npair > 0, "i": weights.invariance > 0 and ninv > 0}
+    parts = {"f": f, "k": k, "p": p, "i": i}
     ref: dict[str, torch.Tensor] = {}
     if any(need.values()):
         used = [x for x in parts if packed_ref is not None or need[x]]
@@ -78,11 +79,13 @@ def chunk_loss(model, inputs: dict[str, Any], method: Method, weights: Objective
             n = parts[x].stop - parts[x].start
             ref[x] = ref_logits[at:at + n]
             at += n
-    ref_f_lp = ref_p_lp = None
+    ref_f_lp = ref_p_lp = ref_i_lp = None
     if need["f"]:
         ref_f_lp = sequence_logprob(ref["f"], ids[f], lmask[f], normalize=weights.normalize_forget)
     if need["p"]:
         ref_p_lp = sequence_logprob(ref["p"], ids[p], lmask[p], normalize=weights.normalize_forget)
+    if need["i"]:
+        ref_i_lp = sequence_logprob(ref["i"], ids[i], lmask[i])
     return objective(
         method, weights,
         forget_logits=logits[f], forget_ids=ids[f], forget_mask=lmask[f], forget_ref_logprob=ref_f_lp,
@@ -90,6 +93,7 @@ def chunk_loss(model, inputs: dict[str, Any], method: Method, weights: Objective
         kl_logits=logits[k], kl_ref_logits=ref.get("k") if need["k"] else None, kl_mask=lmask[k],
         pair_logits=logits[p] if need["p"] else None, pair_ids=ids[p], pair_mask=lmask[p],
         pair_ref_logprob=ref_p_lp,
+        inv_logits=logits[i] if need["i"] else None, inv_ids=ids[i], inv_mask=lmask[i], inv_ref_logprob=ref_i_lp,
     )
 
 
