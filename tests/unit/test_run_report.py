@@ -56,3 +56,13 @@ def test_sentiment_table_by_hand():
     rows = sentiment_table(before, after).splitlines()
     assert rows[2:] == ["| gender | positive | 4 | 75.00 | 50.00 |", "| gender | negative | 2 | 50.00 | 0.00 |",
                         "| all | positive | 4 | 75.00 | 50.00 |"]
+
+
+def test_loss_term_keys_include_the_optional_terms_after_the_papers():
+    from biasunlearn.report.run_report import loss_term_keys
+
+    log = [{"step": 1, "loss": 1.0, "loss_kl": 0.1, "loss_pair": 0.5, "loss_forget": 2.0, "learning_rate": 1e-4},
+           {"step": 2, "loss": 1.0, "loss_invariance": 0.01, "loss_retain": 3.0},
+           {"step": 2, "control": {"SS": 50.0}}]
+    assert loss_term_keys(log) == ["loss", "loss_forget", "loss_retain", "loss_kl", "loss_pair", "loss_invariance"]
+    assert loss_term_keys([{"step": 1, "loss": 1.0, "loss_retain": 2.0}]) == ["loss", "loss_retain"]

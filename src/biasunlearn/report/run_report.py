@@ -136,9 +136,17 @@ def plot_bbq(before: dict[str, Any], after: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def loss_term_keys(train_log: list[dict[str, Any]]) -> list[str]:
+    """The loss keys logged in ``train_log``: the total and the paper's three terms first, then any
+    optional term (``loss_pair``, ``loss_invariance``) in the order first logged."""
+    first = ["loss", "loss_forget", "loss_retain", "loss_kl"]
+    seen = list(dict.fromkeys(k for r in train_log for k in r if k.startswith("loss_") and k not in first))
+    return [k for k in first if any(k in r for r in train_log)] + seen
+
+
 def plot_loss_terms(train_log: list[dict[str, Any]], path: Path) -> None:
     plt = _plt()
-    keys = [k for k in ("loss", "loss_forget", "loss_retain", "loss_kl") if any(k in r for r in train_log)]
+    keys = loss_term_keys(train_log)
     fig, axes = plt.subplots(1, max(1, len(keys)), figsize=(3.2 * max(1, len(keys)), 3), squeeze=False)
     for ax, k in zip(axes[0], keys, strict=False):
         pts = [(r["step"], r[k]) for r in train_log if k in r]
