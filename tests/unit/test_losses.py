@@ -482,12 +482,18 @@ def test_pairwise_loss_only_sees_the_margin_and_its_gradient():
     _close(moved, base.item(), atol=1e-6)
 
 
+def _pair_rows(prefix: str, seed: int, mask_row: list[int]) -> dict[str, torch.Tensor]:
+    """Four rows (two pairs) of random logits and ids for an optional term's ``{prefix}_*`` inputs."""
+    g = torch.Generator().manual_seed(seed)
+    return {f"{prefix}_logits": torch.randn(4, 5, 11, generator=g),
+            f"{prefix}_ids": torch.randint(0, 11, (4, 5), generator=g),
+            f"{prefix}_mask": torch.tensor([mask_row] * 4, dtype=torch.bool),
+            f"{prefix}_ref_logprob": torch.tensor([-3.0, -4.0, -2.0, -6.0])}
+
+
 def test_objective_adds_the_weighted_pairwise_term_only_when_on():
     x = _inputs(3)
-    g = torch.Generator().manual_seed(5)
-    pair = {"pair_logits": torch.randn(4, 5, 11, generator=g), "pair_ids": torch.randint(0, 11, (4, 5), generator=g),
-            "pair_mask": torch.tensor([[0, 1, 1, 0, 0]] * 4, dtype=torch.bool),
-            "pair_ref_logprob": torch.tensor([-3.0, -4.0, -2.0, -6.0])}
+    pair = _pair_rows("pair", 5, [0, 1, 1, 0, 0])
     w = ObjectiveWeights(forget=0.3, retain=0.5, kl=0.7, beta=0.2, normalize_forget=True, pair=0.6)
     out = objective(METHODS.get("biasunlearn"), w, **x, **pair)
     lp = losses.sequence_logprob(pair["pair_logits"], pair["pair_ids"], pair["pair_mask"], normalize=True)
@@ -523,10 +529,7 @@ def test_swap_invariance_loss_hand_case_and_gradient():
 
 def test_objective_adds_the_weighted_invariance_term_only_when_on():
     x = _inputs(3)
-    g = torch.Generator().manual_seed(7)
-    inv = {"inv_logits": torch.randn(4, 5, 11, generator=g), "inv_ids": torch.randint(0, 11, (4, 5), generator=g),
-           "inv_mask": torch.tensor([[0, 1, 1, 1, 0]] * 4, dtype=torch.bool),
-           "inv_ref_logprob": torch.tensor([-3.0, -4.0, -2.0, -6.0])}
+    inv = _pair_rows("inv", 7, [0, 1, 1, 1, 0])
     w = ObjectiveWeights(forget=0.3, retain=0.5, kl=0.7, beta=0.2, normalize_forget=True, invariance=0.9)
     out = objective(METHODS.get("biasunlearn"), w, **x, **inv)
     # summed (not length-normalised) log-likelihoods; rows 0-1 the sentences, rows 2-3 their counterfactuals
