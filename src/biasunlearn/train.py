@@ -29,6 +29,7 @@ from biasunlearn.errors import ConfigError
 from biasunlearn.methods.control import ControlCallback, ControlConfig
 from biasunlearn.methods.data import (
     GROUPINGS,
+    INVARIANCE_SCOPES,
     REGIONS,
     TYPE_SAMPLING,
     ChunkStream,
@@ -133,6 +134,8 @@ class TrainConfig:
             words are flipped for the group-swap invariance term (an extension outside the paper: the
             preference between a train sentence and its counterfactual stays the reference's; see
             biasunlearn.methods.losses.swap_invariance_loss); empty = off (the paper's objective).
+        invariance_scope: all (every sentence with a group word) or other (the listed types' own
+            stereotypes and anti-stereotypes left out, so their association can still be unlearned).
         n_invariance: sentence / counterfactual pairs per step for the invariance term.
         w_invariance: weight of the invariance term.
         early_stop: stop once every bias type is balanced on the control split.
@@ -199,6 +202,7 @@ class TrainConfig:
     n_pair: int = 4
     w_pair: float = 0.4
     invariance_types: str = ""
+    invariance_scope: str = "all"
     n_invariance: int = 8
     w_invariance: float = 0.4
     early_stop: bool = True
@@ -230,6 +234,9 @@ class TrainConfig:
             from biasunlearn.methods.data import invariance_wordlists
 
             invariance_wordlists(self.invariance_types)
+        if self.invariance_scope not in INVARIANCE_SCOPES:
+            raise ConfigError(f"--invariance-scope: expected one of {', '.join(INVARIANCE_SCOPES)}, "
+                              f"got {self.invariance_scope!r}")
         if self.loss_region not in REGIONS:
             raise ConfigError(f"--loss-region: expected one of {', '.join(REGIONS)}, got {self.loss_region!r}")
         if not 0.0 <= self.positive_share <= 1.0:
@@ -372,7 +379,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                          type_sampling=cfg.type_sampling, positive_share=cfg.positive_share,
                          positive_share_types=shares, type_boost=parse_type_boost(cfg.type_boost),
                          pair_types=pair_types, n_pair=cfg.n_pair,
-                         invariance=invariance_pairs(splits.train, cfg.invariance_types, tasks)
+                         invariance=invariance_pairs(splits.train, cfg.invariance_types, tasks,
+                                                     cfg.invariance_scope)
                          if cfg.w_invariance > 0 else (), n_invariance=cfg.n_invariance)
     ccfg = ControlConfig(signal=cfg.control_signal, every=cfg.control_every, threshold=cfg.control_threshold,
                          z=cfg.control_z, tau=cfg.control_tau, grouping=cfg.control_groups,

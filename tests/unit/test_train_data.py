@@ -1122,6 +1122,15 @@ def test_invariance_pairs_are_whole_sentences_and_their_counterfactuals():
     assert len(invariance_pairs(_cf_examples(), "religion")) == 6  # two flips of each church sentence
     with pytest.raises(ConfigError, match="--invariance-types"):
         invariance_pairs(_cf_examples(), "profession")
+    # scope other: the gender type's own stereotypes and anti-stereotypes are left out, nothing else
+    other = invariance_pairs(_cf_examples(), "gender", scope="other")
+    assert {(_region(a), _region(b)) for a, b in other} == {
+        ("The schoolboy was blue.", "The schoolgirl was blue."), ("Rain falls.", "Rain falls."),
+        ("He was good at math.", "She was good at math."), ("She was good at math.", "He was good at math.")}
+    assert {(a.bias_type, a.label) for a, _ in other} == {("gender", "unrelated"), ("profession", "stereotype"),
+                                                          ("profession", "anti-stereotype")}
+    with pytest.raises(ConfigError, match="--invariance-scope"):
+        invariance_pairs(_cf_examples(), "gender", scope="own")
 
 
 def test_stream_draws_invariance_pairs_and_collate_puts_them_last(byte_tok):
@@ -1158,4 +1167,6 @@ def test_invariance_types_name_their_flag():
         TrainConfig(invariance_types="gender", w_invariance=-1)
     with pytest.raises(ConfigError, match="--n-invariance"):
         TrainConfig(n_invariance=-1)
+    with pytest.raises(ConfigError, match="--invariance-scope"):
+        TrainConfig(invariance_types="gender", invariance_scope="mine")
     assert TrainConfig(invariance_types="gender").chunk_options_set() == ["--invariance-types"]

@@ -220,27 +220,39 @@ def invariance_wordlists(types: str) -> dict[str, object]:
     return _type_wordlists(types, "--invariance-types")
 
 
+INVARIANCE_SCOPES = ("all", "other")
+
+
 def invariance_pairs(examples: Sequence[StereoExample], types: str,
-                     tasks: Sequence[str] = ("intrasentence", "intersentence")) -> list[tuple[TrainItem, TrainItem]]:
+                     tasks: Sequence[str] = ("intrasentence", "intersentence"),
+                     scope: str = "all") -> list[tuple[TrainItem, TrainItem]]:
     """``(sentence, counterfactual)`` pairs for the group-swap invariance term
     (:func:`~biasunlearn.methods.losses.swap_invariance_loss`): every stereotype, anti-stereotype and
     unrelated sentence of ``examples`` (all bias types) whose text changes when the group words of a
     listed type's word list are flipped (:func:`counterfactual_examples`), each with its flipped version.
     The region is the whole sentence (intrasentence) or the candidate after its context (intersentence,
-    the context flipped too), so the group word itself counts."""
+    the context flipped too), so the group word itself counts.
+
+    ``scope="other"`` leaves out the stereotypes and anti-stereotypes of the listed type itself (a gender
+    stereotype's preference over its counterfactual is the association the other terms unlearn); its
+    unrelated sentences and every sentence of the other types stay."""
+    if scope not in INVARIANCE_SCOPES:
+        raise ConfigError(f"--invariance-scope: expected one of {', '.join(INVARIANCE_SCOPES)}, got {scope!r}")
     lists = invariance_wordlists(types)
     out: list[tuple[TrainItem, TrainItem]] = []
     for ex in examples:
         if ex.task not in tasks:
             continue
-        for wordlist in lists.values():
+        for name, wordlist in lists.items():
+            own = scope == "other" and ex.bias_type == name
             for cex in counterfactual_examples(ex, wordlist):
-                for label in ("stereotype", "anti-stereotype", "unrelated"):
+                for label in ("unrelated",) if own else ("stereotype", "anti-stereotype", "unrelated"):
                     a, b = loss_region(ex, label, "sentence"), loss_region(cex, label, "sentence")
                     if a.text != b.text:
                         out.append((a, b))
     if lists:
-        log.info("group-swap invariance (%s): %d sentence / counterfactual pairs", ",".join(lists), len(out))
+        log.info("group-swap invariance (%s, scope %s): %d sentence / counterfactual pairs", ",".join(lists), scope,
+                 len(out))
     return out
 
 
