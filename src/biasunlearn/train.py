@@ -23,7 +23,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from biasunlearn.data.paths import STEREOSET_DEV, STEREOSET_TEST, dataset_checksums, resolve_data_dir
-from biasunlearn.data.splits import CONTROL_BY, make_splits
+from biasunlearn.data.splits import CONTROL_BY, check_no_leakage, make_splits
 from biasunlearn.data.stereoset import BIAS_TYPES
 from biasunlearn.errors import ConfigError
 from biasunlearn.methods.control import ControlCallback, ControlConfig
@@ -36,6 +36,7 @@ from biasunlearn.methods.data import (
     SwapState,
     build_pools,
     collate_chunk,
+    group_balanced,
     invariance_pairs,
     parse_type_boost,
     parse_type_shares,
@@ -125,6 +126,10 @@ class TrainConfig:
         counterfactual_retain: comma-separated bias types with a word list (gender, race, religion) whose
             forget sentences' counterfactuals (group words flipped: mother <-> father) join the retain set, so
             the attribute is unlearned for one group and kept for the other; empty = off (the paper's sets).
+        balance_words: comma-separated bias types with a word list (gender, race, religion): every train
+            example of the other types with one of their group words joins the train data again with the
+            words flipped, so no type's sentences favour one group (an extension outside the paper; see
+            biasunlearn.methods.data, "Group-balanced data"); empty = off.
         pair_types: comma-separated bias types whose stereotype / anti-stereotype pairs get the pairwise term
             (an extension outside the paper, DPO's form on the same pair; see
             biasunlearn.methods.losses.pairwise_loss); empty = off (the paper's objective).
@@ -198,6 +203,7 @@ class TrainConfig:
     positive_share: float = 0.0
     positive_share_types: str = ""
     counterfactual_retain: str = ""
+    balance_words: str = ""
     pair_types: str = ""
     n_pair: int = 4
     w_pair: float = 0.4
@@ -230,6 +236,10 @@ class TrainConfig:
             from biasunlearn.methods.data import counterfactual_wordlists
 
             counterfactual_wordlists(self.counterfactual_retain)
+        if self.balance_words:
+            from biasunlearn.methods.data import balance_wordlists
+
+            balance_wordlists(self.balance_words)
         if self.invariance_types:
             from biasunlearn.methods.data import invariance_wordlists
 
@@ -282,7 +292,8 @@ class TrainConfig:
         objective's terms and its ablations); the other engines (DPO, BiasEdit) would ignore them."""
         opt_in = {"positive_share": "--positive-share", "positive_share_types": "--positive-share-types",
                   "type_boost": "--type-boost", "counterfactual_retain": "--counterfactual-retain",
-                  "protect_words": "--protect-words", "pair_types": "--pair-types",
+                  "protect_words": "--protect-words", "balance_words": "--balance-words",
+                  "pair_types": "--pair-types",
                   "invariance_types": "--invariance-types"}
         return [flag for name, flag in opt_in.items() if getattr(self, name)]
 
@@ -351,7 +362,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     log.info("LoRA r=%d on %s: %d trainable parameters", cfg.lora_r, ",".join(targets), n_trainable)
 
     shares = parse_type_shares(cfg.positive_share_types)
-    pools = build_pools(splits.train, cfg.loss_region, tasks, cfg.control_groups, cfg.protect_words,
+    train_examples = group_balanced(splits.train, cfg.balance_words, [*splits.control, *splits.report])
+    check_no_leakage(train_examples, {"report": splits.report, "control": splits.control})
+    pools = build_pools(train_examples, cfg.loss_region, tasks, cfg.control_groups, cfg.protect_words,
                         cfg.protect_scope,
                         sentiment=cfg.positive_share > 0 or any(shares.values()),
                         counterfactual=cfg.counterfactual_retain)

@@ -1170,3 +1170,31 @@ def test_invariance_types_name_their_flag():
     with pytest.raises(ConfigError, match="--invariance-scope"):
         TrainConfig(invariance_types="gender", invariance_scope="mine")
     assert TrainConfig(invariance_types="gender").chunk_options_set() == ["--invariance-types"]
+
+
+def test_group_balanced_flips_only_the_other_types_examples_with_group_words():
+    from biasunlearn.methods.data import CF_ID_SUFFIX, group_balanced
+
+    exs = _cf_examples()
+    out = group_balanced(exs, "gender")
+    assert out[:len(exs)] == exs  # the originals first, unchanged
+    extra = out[len(exs):]
+    # only the profession example has a gender word outside the gender type; the gender type's own
+    # examples (schoolboy, mother) and the example without group words are not copied
+    assert [e.id for e in extra] == [f"pr{CF_ID_SUFFIX}1"]
+    flipped = {s.gold_label: s.text for s in extra[0].sentences}
+    assert flipped == {"stereotype": "She was good at math.", "anti-stereotype": "He was good at math.",
+                       "unrelated": "Cats purr."}
+    assert extra[0].bias_type == "profession" and extra[0].context == "The engineer came in."
+    # the copies reach the pools: the profession stereotype pool now holds both versions
+    pools = build_pools(out, "from_blank")
+    assert {_region(i) for i in pools.stereo["profession"]} == {"He was good at math.", "She was good at math."}
+    assert len(pools.stereo["gender"]) == len(build_pools(exs, "from_blank").stereo["gender"])
+    # the only religion word (church) is in religion's own example, which is never flipped
+    assert group_balanced(exs, "religion") == exs
+    assert group_balanced(exs, "") == exs
+    # a copy that would share a sentence with a held-out split is dropped (case and spacing ignored)
+    held = [_ex("h", "intersentence", "A.", "she  was GOOD at math.", "x.", "y.", "profession")]
+    assert group_balanced(exs, "gender", held_out=held) == exs
+    with pytest.raises(ConfigError, match="--balance-words"):
+        group_balanced(exs, "profession")

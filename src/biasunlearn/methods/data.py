@@ -32,6 +32,17 @@ and the sentence, flipped to their counterparts: ``The schoolboy was rowdy`` -> 
 rowdy``) joins the type's retain pool. The forget term lowers the attribute after one group and the
 retention term keeps it after the other, so what is unlearned is the association of the attribute with
 the group, not the attribute itself (or its sentiment).
+
+*Group-balanced data* (``balance_words``, off by default): for the listed bias types (gender, race,
+religion), every train example of the *other* bias types that contains one of the list's group words
+joins the train data a second time with those words flipped (``The engineer came in. He was good at
+math.`` -> ``... She was good at math.``), as stereotype, anti-stereotype and unrelated sentence alike.
+StereoSet's profession stereotypes carry more male words than their anti-stereotypes, so forgetting the
+one and retaining the other also teaches that what follows a female word is likelier; with each sentence
+present under both groups that lesson cancels. The listed type's own examples are never flipped (their
+group word is the association being unlearned). Flipping keeps the example's target word (a profession,
+nationality or religion term is not in the gender list), but short sentences such as ``She speaks perfect
+English.`` also occur in the control or report split, so a copy that shares a sentence with them is dropped.
 """
 
 from __future__ import annotations
@@ -213,6 +224,44 @@ def counterfactual_examples(ex: StereoExample, wordlist) -> list[StereoExample]:
         out.append(replace(ex, id=f"{ex.id}{CF_ID_SUFFIX}{k}", context=flip_words(ex.context, wordlist, k),
                            sentences=sents))
     return out
+
+
+def balance_wordlists(types: str) -> dict[str, object]:
+    """``{bias type: word list}`` of ``--balance-words`` (comma-separated bias types), checked."""
+    return _type_wordlists(types, "--balance-words")
+
+
+def group_balanced(examples: Sequence[StereoExample], types: str,
+                   held_out: Sequence[StereoExample] = ()) -> list[StereoExample]:
+    """``examples`` followed by the counterfactuals (:func:`counterfactual_examples`) of every example of a
+    bias type other than the listed ones that has a group word of a listed type's word list (see the
+    module docstring, *Group-balanced data*). A counterfactual that shares a sentence (normalised as in
+    :func:`~biasunlearn.data.splits.check_no_leakage`) with ``held_out`` (the control and report splits) is
+    dropped: short sentences such as ``She speaks perfect English.`` occur in both. An empty ``types``
+    returns ``examples`` unchanged."""
+    from biasunlearn.data.splits import normalize_text
+
+    lists = balance_wordlists(types)
+    if not lists:
+        return list(examples)
+    held = {normalize_text(s.text) for ex in held_out for s in ex.sentences}
+    extra: list[StereoExample] = []
+    counts: dict[str, int] = {}
+    n_held = 0
+    for wordlist in lists.values():
+        for ex in examples:
+            if ex.bias_type in lists:
+                continue
+            for cex in counterfactual_examples(ex, wordlist):
+                if any(normalize_text(s.text) in held for s in cex.sentences):
+                    n_held += 1
+                    continue
+                extra.append(cex)
+                counts[cex.bias_type] = counts.get(cex.bias_type, 0) + 1
+    log.info("group-balanced data (%s): %s; %d counterfactual(s) dropped for sharing a sentence with the "
+             "control or report split", ",".join(lists),
+             ", ".join(f"{k} +{v}" for k, v in counts.items()) or "no group words found", n_held)
+    return [*examples, *extra]
 
 
 def invariance_wordlists(types: str) -> dict[str, object]:
