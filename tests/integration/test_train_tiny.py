@@ -307,3 +307,31 @@ def test_invariance_term_trains_through_the_cli_and_is_logged(tiny_model_dir, fi
     assert terms[0]["loss_invariance"] == pytest.approx(0.0, abs=1e-6)
     prov = json.loads((out / "adapter" / "provenance.json").read_text())
     assert prov["config"]["invariance_types"] == "gender" and prov["config"]["w_invariance"] == 0.5
+
+
+def test_balance_words_adds_flipped_copies_of_the_other_types_to_the_pools(tiny_model_dir, fixture_data_dir,
+                                                                          tmp_path, monkeypatch):
+    import biasunlearn.train as train_mod
+    from biasunlearn.methods.data import CF_ID_SUFFIX
+
+    seen = []
+    real = train_mod.build_pools
+
+    def spy(examples, *a, **k):
+        seen.append(list(examples))
+        return real(examples, *a, **k)
+
+    monkeypatch.setattr(train_mod, "build_pools", spy)
+    train(_cfg(tiny_model_dir, fixture_data_dir, tmp_path / "plain", max_steps=1))
+    train(_cfg(tiny_model_dir, fixture_data_dir, tmp_path / "bal", max_steps=1, balance_words="gender"))
+    plain, balanced = seen
+    assert balanced[:len(plain)] == plain
+    extra = balanced[len(plain):]
+    assert extra and all(e.bias_type != "gender" and f"{CF_ID_SUFFIX}1" in e.id for e in extra)
+    originals = {e.id: e for e in plain}
+    for e in extra:  # each copy differs from its original only in flipped words: same target, same labels
+        orig = originals[e.id.split(CF_ID_SUFFIX)[0]]
+        assert e.target == orig.target and [s.gold_label for s in e.sentences] == [s.gold_label for s in orig.sentences]
+        assert [s.text for s in e.sentences] != [s.text for s in orig.sentences]
+    prov = json.loads((tmp_path / "bal" / "adapter" / "provenance.json").read_text())
+    assert prov["config"]["balance_words"] == "gender"
