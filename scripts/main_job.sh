@@ -17,5 +17,5 @@ RECIPE=(--pair-types gender --n-pair 8 --w-pair 0.8 --w-retain 0.6 --max-steps 1
 for a in "$@"; do
   case $a in --preset|--preset=*) RECIPE=() ;; esac
 done
-.venv/bin/biasunlearn run --model smollm2-135m-instruct --benchmarks stereoset,crows_pairs --beta 1.0 \
+.venv/bin/biasunlearn run --model smollm2-135m-instruct --benchmarks stereoset,crows_pairs,crows_pairs_unmodified --beta 1.0 \
   "${RECIPE[@]}" --out "${OUT:-runs/main}" "$@"

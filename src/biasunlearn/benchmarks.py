@@ -15,7 +15,7 @@ from typing import Any
 
 from biasunlearn.data import sentiment
 from biasunlearn.data.bbq import BBQExample, bbq_categories, load_bbq
-from biasunlearn.data.crows_pairs import load_crows_pairs
+from biasunlearn.data.crows_pairs import load_crows_pairs, modified_spans
 from biasunlearn.data.paths import (
     BBQ_METADATA,
     CROWS_PAIRS,
@@ -140,14 +140,18 @@ def run_stereoset(model, tokenizer, ctx: EvalContext) -> BenchmarkResult:
     )
 
 
-@BENCHMARKS.register("crows_pairs")
-def run_crows_pairs(model, tokenizer, ctx: EvalContext) -> BenchmarkResult:
+def _crows_pairs(ctx: EvalContext, model, tokenizer, unmodified: bool) -> BenchmarkResult:
     pairs = load_crows_pairs(data_file(ctx.data_dir, CROWS_PAIRS))
     if ctx.limit:
         pairs = pairs[: ctx.limit]
-    log.info("CrowS-Pairs: %d pairs", len(pairs))
-    reqs = [Request(t, 0, group=("crows", p.index)) for p in pairs for t in (p.sent_more, p.sent_less)]
-    s = ctx.score_fn(model, tokenizer, reqs, ctx.scoring, "CrowS-Pairs").scores(ctx.scoring.score_method)
+    log.info("CrowS-Pairs%s: %d pairs", " (unmodified tokens)" if unmodified else "", len(pairs))
+    reqs = []
+    for p in pairs:
+        skips = modified_spans(p.sent_more, p.sent_less) if unmodified else ((), ())
+        reqs += [Request(t, 0, group=("crows", p.index), skip=k) for t, k in zip((p.sent_more, p.sent_less), skips,
+                                                                                  strict=True)]
+    desc = "CrowS-Pairs (unmodified)" if unmodified else "CrowS-Pairs"
+    s = ctx.score_fn(model, tokenizer, reqs, ctx.scoring, desc).scores(ctx.scoring.score_method)
     scores = {p.index: (float(s[2 * i]), float(s[2 * i + 1])) for i, p in enumerate(pairs)}
     return BenchmarkResult(
         metrics=crows_pairs_results(pairs, scores),
@@ -155,6 +159,21 @@ def run_crows_pairs(model, tokenizer, ctx: EvalContext) -> BenchmarkResult:
         n_items=len(pairs),
         predictions={"pairs": [{"index": i, "sent_more": a, "sent_less": b} for i, (a, b) in scores.items()]},
     )
+
+
+@BENCHMARKS.register("crows_pairs")
+def run_crows_pairs(model, tokenizer, ctx: EvalContext) -> BenchmarkResult:
+    """Each sentence scored whole (every token after the start token)."""
+    return _crows_pairs(ctx, model, tokenizer, unmodified=False)
+
+
+@BENCHMARKS.register("crows_pairs_unmodified")
+def run_crows_pairs_unmodified(model, tokenizer, ctx: EvalContext) -> BenchmarkResult:
+    """Nangia et al.'s score for a causal LM: only the tokens the two sentences share, each conditioned
+    on everything before it (the modified words included); the modified words are not scored, so a
+    shift in how likely a group's own words are does not move the metric
+    (:func:`biasunlearn.data.crows_pairs.modified_spans`)."""
+    return _crows_pairs(ctx, model, tokenizer, unmodified=True)
 
 
 # ---------------------------------------------------------------------------------------------------------

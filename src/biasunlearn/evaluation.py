@@ -44,7 +44,8 @@ class EvalConfig:
             scores up to float rounding).
         method: decoding-time debiasing applied while scoring (self_debias, cafie); empty for none.
             Trained methods are evaluated through their adapter (--adapter).
-        benchmarks: comma-separated benchmark names (stereoset, crows_pairs, bbq: --limit per category, no --split).
+        benchmarks: comma-separated benchmark names (stereoset, crows_pairs, crows_pairs_unmodified: CrowS-Pairs
+            scored on the tokens the two sentences share, bbq: --limit per category, no --split).
         split: StereoSet split to evaluate: report (dev.json), control or train.
         limit: evaluate only the first N examples per StereoSet task / N CrowS-Pairs pairs (0 = all).
         bias_types: comma-separated StereoSet bias types to evaluate (gender, profession, race, religion;
@@ -67,7 +68,7 @@ class EvalConfig:
     adapter: str = ""
     merge_adapter: bool = True
     method: str = ""
-    benchmarks: str = "stereoset,crows_pairs"
+    benchmarks: str = "stereoset,crows_pairs,crows_pairs_unmodified"
     split: str = "report"
     limit: int = 0
     bias_types: str = ""

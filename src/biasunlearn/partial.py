@@ -38,10 +38,13 @@ DEFAULT_CHUNK = 256
 
 
 def requests_digest(requests: Sequence[Request]) -> str:
-    """sha256 of the requests' texts, scored offsets and groups (as text), in order."""
+    """sha256 of the requests' texts, scored offsets, groups (as text) and skipped spans, in order."""
     h = hashlib.sha256()
     for r in requests:
-        h.update(json.dumps([r.text, r.score_from, None if r.group is None else str(r.group)]).encode())
+        item: list[Any] = [r.text, r.score_from, None if r.group is None else str(r.group)]
+        if r.skip:  # only when set, so that digests of requests without skipped spans stay as they were
+            item.append([list(s) for s in r.skip])
+        h.update(json.dumps(item).encode())
     return h.hexdigest()
 
 

@@ -84,12 +84,16 @@ class Request:
     """Score the tokens of ``text`` whose characters end after ``score_from``.
 
     Requests with the same non-None ``group`` (for example the three candidates of one StereoSet
-    example) may share the computation of their common token prefix.
+    example) may share the computation of their common token prefix. ``skip`` holds half-open
+    character spans ``(start, end)`` whose tokens stay in the input but are not scored (a token is
+    skipped when its characters overlap a span): CrowS-Pairs' unmodified-token score uses it to leave
+    out the words that differ between the two sentences.
     """
 
     text: str
     score_from: int = 0
     group: object = None
+    skip: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass
@@ -136,6 +140,15 @@ def resolve_start_token_id(tokenizer, start_token: str = "") -> int:
 class _Encoded:
     ids: list[int]
     first_scored: int  # index into ids of the first scored token (>= 1; ids[0] is the start token)
+    skip: frozenset[int] = frozenset()  # indices into ids of tokens not scored (Request.skip)
+
+    def scored(self) -> list[int]:
+        """Indices into ``ids`` of the scored tokens."""
+        return [j for j in range(self.first_scored, len(self.ids)) if j not in self.skip]
+
+
+def _overlaps(start: int, end: int, spans: tuple[tuple[int, int], ...]) -> bool:
+    return any(start < b and end > a for a, b in spans)
 
 
 def encode_requests(tokenizer, requests: Sequence[Request], start_id: int) -> list[_Encoded]:
@@ -146,8 +159,12 @@ def encode_requests(tokenizer, requests: Sequence[Request], start_id: int) -> li
         out = []
         for r, ids, offs in zip(requests, enc["input_ids"], enc["offset_mapping"], strict=True):
             first = next((i for i, (_, end) in enumerate(offs) if end > r.score_from), len(ids))
-            out.append(_Encoded([start_id, *ids], first + 1))
+            skip = frozenset(i + 1 for i, (a, b) in enumerate(offs) if r.skip and _overlaps(a, b, r.skip))
+            out.append(_Encoded([start_id, *ids], first + 1, skip))
         return out
+    if any(r.skip for r in requests):
+        raise ConfigError("scoring with skipped spans (CrowS-Pairs' unmodified-token score) needs a fast "
+                          "tokenizer with offset mappings; this model's tokenizer is a slow one")
     # Slow tokenizers have no offsets: encode the unscored prefix and the rest separately.
     out = []
     for r in requests:
@@ -250,7 +267,7 @@ def _pack(units: list[_Unit], encoded: list[_Encoded], pad_id: int, dtype: torch
             req = u.members[k]
             full = encoded[req].ids
             # Position j of the request's own sequence lives at packed index j (< p) or off + j - p.
-            for j in range(encoded[req].first_scored, len(full)):
+            for j in encoded[req].scored():
                 rows.append(r)
                 preds.append(j - 1 if j - 1 < p else off + j - 1 - p)
                 targets.append(full[j])
@@ -282,7 +299,10 @@ def chat_requests(tokenizer, requests: Sequence[Request], user: str = "Write a s
             prompts[ctx] = tokenizer.apply_chat_template([{"role": "user", "content": ctx}], tokenize=False,
                                                          add_generation_prompt=True)
         prompt = prompts[ctx]
-        out.append(Request(prompt + r.text[r.score_from:].lstrip(), len(prompt), r.group))
+        reply = r.text[r.score_from:]
+        shift = len(prompt) - r.score_from - (len(reply) - len(reply.lstrip()))
+        skip = tuple((a + shift, b + shift) for a, b in r.skip)
+        out.append(Request(prompt + reply.lstrip(), len(prompt), r.group, skip))
     return out
 
 
@@ -357,11 +377,9 @@ def sequence_logprobs_one_by_one(model, tokenizer, requests: Sequence[Request], 
     for i, e in enumerate(encoded):
         ids = torch.tensor([e.ids], device=device)
         logp = torch.log_softmax(model(input_ids=ids).logits[0].float(), dim=-1)
-        total = 0.0
-        for t in range(e.first_scored, len(e.ids)):
-            total += float(logp[t - 1, e.ids[t]])
-        sums[i] = total
-        counts[i] = len(e.ids) - e.first_scored
+        scored = e.scored()
+        sums[i] = sum(float(logp[t - 1, e.ids[t]]) for t in scored)
+        counts[i] = len(scored)
     return SequenceLogProbs(sums, counts)
 
 

@@ -54,6 +54,29 @@ def test_eval_end_to_end(tiny_model_dir, fixture_data_dir, tmp_path, capsys):
     assert by_sent == ss_by_sentiment(report, scores)
 
 
+def test_eval_crows_pairs_unmodified_scores_fewer_tokens(tiny_model_dir, fixture_data_dir, tmp_path, capsys):
+    """The unmodified-token CrowS-Pairs score leaves the differing words out: every sentence's score is
+    a mean over fewer tokens than the whole sentence, and the CLI prints both tables."""
+    from biasunlearn.data.crows_pairs import load_crows_pairs, modified_spans
+
+    out = tmp_path / "run"
+    code, stdout, _ = _run(
+        ["-q", "eval", "--model", str(tiny_model_dir), "--data-dir", str(fixture_data_dir),
+         "--benchmarks", "crows_pairs,crows_pairs_unmodified", "--out", str(out), "--no-progress",
+         "--score-method", "sum_logprob"], capsys)
+    assert code == 0
+    assert "CrowS-Pairs, whole sentence" in stdout and "CrowS-Pairs, unmodified tokens" in stdout
+    res = json.loads((out / "results.json").read_text())
+    whole = json.loads((out / "crows_pairs_predictions.json").read_text())["pairs"]
+    unmod = json.loads((out / "crows_pairs_unmodified_predictions.json").read_text())["pairs"]
+    pairs = load_crows_pairs(fixture_data_dir / "crows_pairs" / "crows_pairs_anonymized.csv")
+    assert len(unmod) == len(whole) == len(pairs) == res["benchmarks"]["crows_pairs_unmodified"]["n_items"]
+    for p, w, u in zip(pairs, whole, unmod, strict=True):
+        assert all(modified_spans(p.sent_more, p.sent_less))
+        # sum of log-probabilities over a subset of the tokens: less negative than over all of them
+        assert u["sent_more"] > w["sent_more"] and u["sent_less"] > w["sent_less"]
+
+
 def test_eval_bias_types_scores_only_those_types(tiny_model_dir, fixture_data_dir, tmp_path, capsys):
     """``--bias-types gender,race`` scores exactly the report split's gender and race examples, with the
     scores a full evaluation gives them."""

@@ -61,3 +61,25 @@ def test_builtin_batched_scores_match_one_by_one(smollm2, shared_data_dir):
     res = stereoset_results(chosen, dict(zip(ids, scores, strict=True)))
     assert res["both"]["overall"]["Count"] == 6
     assert 0.0 <= res["both"]["overall"]["SS"] <= 100.0
+
+
+def test_builtin_tokenizer_skips_exactly_the_modified_words(smollm2, shared_data_dir):
+    """CrowS-Pairs' unmodified-token score on the real tokenizer: the tokens left out of each sentence
+    spell its modified words (spaces aside; a token straddling a word's edge goes whole), for the first 100
+    pairs of the real file."""
+    from biasunlearn.data.crows_pairs import load_crows_pairs, modified_spans
+    from biasunlearn.scoring import Request, encode_requests
+
+    _, tok = smollm2
+    pairs = load_crows_pairs(shared_data_dir / "crows_pairs" / "crows_pairs_anonymized.csv")[:100]
+    for p in pairs:
+        for text, spans in zip((p.sent_more, p.sent_less), modified_spans(p.sent_more, p.sent_less), strict=True):
+            (enc,) = encode_requests(tok, [Request(text, 0, skip=spans)], 0)
+            skipped = tok.decode([enc.ids[j] for j in sorted(enc.skip)]).replace(" ", "")
+            words = [text[a:b] for a, b in spans]
+            at = 0
+            for w in words:  # each modified word is skipped, in order
+                at = skipped.index(w, at) + len(w)
+            # and little else: a token that straddles a span's edge ("white.." for "white." + ".") is skipped whole
+            assert len(skipped) - len("".join(words)) <= 2 * len(spans), (p.index, text, skipped)
+            assert len(enc.scored()) == len(enc.ids) - 1 - len(enc.skip)

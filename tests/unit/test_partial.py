@@ -29,6 +29,7 @@ def test_requests_digest_sees_text_offset_and_group():
     assert requests_digest([Request("a", 1), *REQS[1:]]) != base
     assert requests_digest([Request("a", group=9), *REQS[1:]]) != base
     assert requests_digest([Request("z"), *REQS[1:]]) != base
+    assert requests_digest([Request(REQS[0].text, REQS[0].score_from, REQS[0].group, ((0, 1),)), *REQS[1:]]) != base
 
 
 class Fake:

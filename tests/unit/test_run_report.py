@@ -66,3 +66,15 @@ def test_loss_term_keys_include_the_optional_terms_after_the_papers():
            {"step": 2, "control": {"SS": 50.0}}]
     assert loss_term_keys(log) == ["loss", "loss_forget", "loss_retain", "loss_kl", "loss_pair", "loss_invariance"]
     assert loss_term_keys([{"step": 1, "loss": 1.0, "loss_retain": 2.0}]) == ["loss", "loss_retain"]
+
+
+def test_target_checks_cover_the_unmodified_token_crows_score():
+    before = _res({"overall": 58.0}, 82.0, {"gender": 49.24})
+    after = _res({"overall": 51.0}, 82.0, {"gender": 55.7})
+    before["benchmarks"]["crows_pairs_unmodified"] = {"metrics": {"gender": {"Count": 10, "SS": 46.95}}}
+    after["benchmarks"]["crows_pairs_unmodified"] = {"metrics": {"gender": {"Count": 10, "SS": 48.85}}}
+    checks = {c["check"]: c for c in target_checks(before, after)}
+    assert not checks["CrowS-Pairs gender closer to 50"]["ok"]
+    unmod = checks["CrowS-Pairs (unmodified tokens (Nangia et al.)) gender closer to 50"]
+    assert unmod["ok"] and unmod["value"] == "46.95 → 48.85"
+    assert "| gender | 10 | 46.95 | 48.85 | yes |" in crows_table(before, after, "crows_pairs_unmodified")

@@ -389,3 +389,41 @@ def test_batch_without_scored_tokens(mt, reqs, batch_size):
     assert got.n_tokens[0] == 0 and got.sum_logprob[0] == 0.0
     # No scored token, no score: NaN never wins a comparison (a score of 1.0 would always win).
     assert np.isnan(got.scores("geometric_mean")[0]) and np.isnan(got.scores("mean_logprob")[0])
+
+
+# --------------------------------------------------------------------------------------------------
+# (f) skipped spans (CrowS-Pairs' unmodified-token score)
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("share_prefix", [True, False])
+def test_skipped_spans_are_conditioned_on_but_not_scored(mt, share_prefix):
+    model, tok = mt
+    text = "The women cook."
+    start = tok.convert_tokens_to_ids("<|endoftext|>")
+    ids = [start, *tok(text, add_special_tokens=False)["input_ids"]]  # one token per byte
+    span = (4, 9)  # "women"
+    want = _hand_logprob(model, ids, 1) - sum(_hand_logprob(model, ids[: j + 1], j) for j in range(5, 10))
+    reqs = [Request(text, 0, group="p", skip=(span,)), Request("The men cook.", 0, group="p", skip=((4, 7),)),
+            Request(text, 0, group="p")]
+    cfg = _cfg(share_prefix=share_prefix)
+    for out in (sequence_logprobs(model, tok, reqs, cfg), sequence_logprobs_one_by_one(model, tok, reqs)):
+        assert out.n_tokens.tolist() == [len(text) - 5, len("The men cook.") - 3, len(text)]
+        assert out.sum_logprob[0] == pytest.approx(want, abs=TOL)
+        # the unmodified tokens after the span still see it: " cook." differs between the two sentences
+        assert out.sum_logprob[0] != pytest.approx(out.sum_logprob[1], abs=1e-3)
+
+
+def test_skipped_spans_with_score_from_and_overlap(mt):
+    model, tok = mt
+    text = "ab cd ef"
+    out = sequence_logprobs(model, tok, [Request(text, 3, skip=((0, 1), (5, 7)))], _cfg())
+    # "c", "d", " ", "e", "f" are after score_from; " " (5..6) and "e" (6..7) overlap the span (5, 7)
+    assert out.n_tokens.tolist() == [3]
+
+
+def test_skipped_spans_need_a_fast_tokenizer(mt, monkeypatch):
+    model, tok = mt
+    monkeypatch.setattr(type(tok), "is_fast", property(lambda self: False))
+    with pytest.raises(ConfigError, match="fast tokenizer"):
+        sequence_logprobs(model, tok, [Request("ab", 0, skip=((0, 1),))], _cfg())

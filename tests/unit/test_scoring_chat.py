@@ -42,3 +42,11 @@ def test_chat_scoring_needs_a_template(tiny_model_and_tokenizer):
     model, tok = tiny_model_and_tokenizer
     with pytest.raises(ConfigError, match="--chat-template"):
         sequence_logprobs(model, tok, [Request("x y", 0)], ScoringConfig(chat_template=True, progress=False))
+
+
+def test_chat_requests_move_skipped_spans_with_the_reply(chat_tok):
+    text = "Ctx.  The women cook."
+    span = (text.index("women"), text.index("women") + 5)
+    (out,) = chat_requests(chat_tok, [Request(text, 4, skip=(span,))], user="Write a sentence.")
+    a, b = out.skip[0]
+    assert out.text[a:b] == "women"

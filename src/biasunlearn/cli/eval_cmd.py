@@ -34,11 +34,12 @@ def format_tables(results: dict[str, Any]) -> str:
         for task, doms in st.items():
             for dom, m in doms.items():
                 lines.append(f"{task:<15}{dom:<12}{m['Count']:>6}{m['SS']:>8.2f}{m['LMS']:>8.2f}{m['ICAT']:>8.2f}")
-    if "crows_pairs" in bm:
-        cp = bm["crows_pairs"]["metrics"]
-        lines.append(f"\nCrowS-Pairs ({bm['crows_pairs']['n_items']} pairs; % preferring the stereotype, 50 ideal)")
+    for key, how in (("crows_pairs", "whole sentence"), ("crows_pairs_unmodified", "unmodified tokens")):
+        if key not in bm:
+            continue
+        lines.append(f"\nCrowS-Pairs, {how} ({bm[key]['n_items']} pairs; % preferring the stereotype, 50 ideal)")
         lines.append(f"{'bias type':<22}{'n':>6}{'SS':>8}")
-        for k, m in cp.items():
+        for k, m in bm[key]["metrics"].items():
             lines.append(f"{k:<22}{m['Count']:>6}{m['SS']:>8.2f}")
     if "bbq" in bm:
         bq = bm["bbq"]["metrics"]

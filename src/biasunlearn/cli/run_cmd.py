@@ -24,7 +24,7 @@ class RunConfig:
         train: training options.
     """
 
-    benchmarks: str = "stereoset,crows_pairs"
+    benchmarks: str = "stereoset,crows_pairs,crows_pairs_unmodified"
     eval_limit: int = -1
     train: TrainConfig = field(default_factory=TrainConfig)
 

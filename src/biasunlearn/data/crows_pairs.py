@@ -9,8 +9,10 @@ stereotype about a historically disadvantaged group; ``antistereo``: ``sent_less
 from __future__ import annotations
 
 import csv
+import difflib
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,3 +103,32 @@ def load_crows_pairs(path: str | os.PathLike[str]) -> list[CrowsPair]:
         raise DataError(f"{p}: no rows after the header")
     logger.debug("loaded %d CrowS-Pairs rows from %s", len(pairs), p)
     return pairs
+
+
+Span = tuple[int, int]
+
+
+def _words(text: str) -> list[tuple[str, int, int]]:
+    return [(m.group(), m.start(), m.end()) for m in re.finditer(r"\w+|[^\w\s]", text)]
+
+
+def modified_spans(a: str, b: str) -> tuple[tuple[Span, ...], tuple[Span, ...]]:
+    """The character spans of the words that differ between the two sentences of a pair.
+
+    Nangia et al. (2020) score a pair on its *unmodified* tokens, those the two sentences share,
+    conditioned on the modified ones (the group words, e.g. "women" / "men"), so that how frequent
+    a group's words are does not decide the comparison. Here the two sentences are split into
+    words and punctuation marks and aligned with :class:`difflib.SequenceMatcher` (as the official
+    script aligns its tokens); every word or mark outside the matching blocks is modified. Returns the half-open
+    ``(start, end)`` spans of the modified words of ``a`` and of ``b``, for :class:`Request.skip`.
+    """
+    wa, wb = _words(a), _words(b)
+    matcher = difflib.SequenceMatcher(None, [w for w, _, _ in wa], [w for w, _, _ in wb], autojunk=False)
+    same_a: set[int] = set()
+    same_b: set[int] = set()
+    for i, j, n in matcher.get_matching_blocks():
+        same_a.update(range(i, i + n))
+        same_b.update(range(j, j + n))
+    spans_a = tuple((s, e) for k, (_, s, e) in enumerate(wa) if k not in same_a)
+    spans_b = tuple((s, e) for k, (_, s, e) in enumerate(wb) if k not in same_b)
+    return spans_a, spans_b

@@ -34,9 +34,15 @@ def stereoset_table(before: dict[str, Any], after: dict[str, Any], task: str = "
     return "\n".join(rows)
 
 
-def crows_table(before: dict[str, Any], after: dict[str, Any]) -> str:
-    b = before["benchmarks"]["crows_pairs"]["metrics"]
-    a = after["benchmarks"]["crows_pairs"]["metrics"]
+CROWS_SCORES = {
+    "crows_pairs": "whole sentence",
+    "crows_pairs_unmodified": "unmodified tokens (Nangia et al.)",
+}
+
+
+def crows_table(before: dict[str, Any], after: dict[str, Any], key: str = "crows_pairs") -> str:
+    b = before["benchmarks"][key]["metrics"]
+    a = after["benchmarks"][key]["metrics"]
     rows = ["| bias type | n | SS before | SS after | closer to 50 |", "|---|---:|---:|---:|:---:|"]
     for k in b:
         if k in a:
@@ -78,11 +84,14 @@ def target_checks(before: dict[str, Any], after: dict[str, Any], ss_tol: float =
     out.append({"check": f"LMS change within ±{lms_tol:g}", "value": f"{dl:+.2f}", "ok": abs(dl) <= lms_tol})
     out.append({"check": "ICAT higher than before", "value": f"{b['overall']['ICAT']:.2f} → {a['overall']['ICAT']:.2f}",
                 "ok": a["overall"]["ICAT"] > b["overall"]["ICAT"]})
-    if "crows_pairs" in before["benchmarks"] and "crows_pairs" in after["benchmarks"]:
-        cb, ca = before["benchmarks"]["crows_pairs"]["metrics"], after["benchmarks"]["crows_pairs"]["metrics"]
+    for key, how in CROWS_SCORES.items():
+        if key not in before["benchmarks"] or key not in after["benchmarks"]:
+            continue
+        cb, ca = before["benchmarks"][key]["metrics"], after["benchmarks"][key]["metrics"]
+        label = "CrowS-Pairs" if key == "crows_pairs" else f"CrowS-Pairs ({how})"
         for t in crows_types:
             if t in cb and t in ca:
-                out.append({"check": f"CrowS-Pairs {t} closer to 50", "value": f"{cb[t]['SS']:.2f} → {ca[t]['SS']:.2f}",
+                out.append({"check": f"{label} {t} closer to 50", "value": f"{cb[t]['SS']:.2f} → {ca[t]['SS']:.2f}",
                             "ok": abs(ca[t]["SS"] - 50) < abs(cb[t]["SS"] - 50)})
     return out
 
@@ -225,8 +234,14 @@ def write_run_report(out: Path, before: dict[str, Any], after: dict[str, Any], p
                   "(negative) or neither (VADER valence). If SS falls only on the negative pairs, the model "
                   "has learned to prefer pleasant sentences rather than to drop the stereotype.", "",
                   sentiment, ""]
-    if "crows_pairs" in before["benchmarks"] and "crows_pairs" in after["benchmarks"]:
-        lines += ["## CrowS-Pairs (% preferring the stereotype; 50 ideal)", "", crows_table(before, after), ""]
+    for key, how in CROWS_SCORES.items():
+        if key in before["benchmarks"] and key in after["benchmarks"]:
+            lines += [f"## CrowS-Pairs, {how} (% preferring the stereotype; 50 ideal)", ""]
+            if key == "crows_pairs_unmodified":
+                lines += ["Only the tokens the two sentences share are scored, each conditioned on the words "
+                          "before it, the modified (group) words included; the modified words themselves are "
+                          "not scored, so a change in how likely a group's own words are does not move it.", ""]
+            lines += [crows_table(before, after, key), ""]
     lines += ["## Plots", "", "![SS per domain](ss_per_domain.png)", "", "![loss terms](loss_terms.png)", ""]
     if provenance.get("control_history"):
         lines += ["![control signal](control.png)", ""]
