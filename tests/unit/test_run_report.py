@@ -75,6 +75,6 @@ def test_target_checks_cover_the_unmodified_token_crows_score():
     after["benchmarks"]["crows_pairs_unmodified"] = {"metrics": {"gender": {"Count": 10, "SS": 48.85}}}
     checks = {c["check"]: c for c in target_checks(before, after)}
     assert not checks["CrowS-Pairs gender closer to 50"]["ok"]
-    unmod = checks["CrowS-Pairs (unmodified tokens (Nangia et al.)) gender closer to 50"]
+    unmod = checks["CrowS-Pairs unmodified-token gender closer to 50"]
     assert unmod["ok"] and unmod["value"] == "46.95 → 48.85"
     assert "| gender | 10 | 46.95 | 48.85 | yes |" in crows_table(before, after, "crows_pairs_unmodified")

@@ -84,11 +84,11 @@ def target_checks(before: dict[str, Any], after: dict[str, Any], ss_tol: float =
     out.append({"check": f"LMS change within ±{lms_tol:g}", "value": f"{dl:+.2f}", "ok": abs(dl) <= lms_tol})
     out.append({"check": "ICAT higher than before", "value": f"{b['overall']['ICAT']:.2f} → {a['overall']['ICAT']:.2f}",
                 "ok": a["overall"]["ICAT"] > b["overall"]["ICAT"]})
-    for key, how in CROWS_SCORES.items():
+    for key in CROWS_SCORES:
         if key not in before["benchmarks"] or key not in after["benchmarks"]:
             continue
         cb, ca = before["benchmarks"][key]["metrics"], after["benchmarks"][key]["metrics"]
-        label = "CrowS-Pairs" if key == "crows_pairs" else f"CrowS-Pairs ({how})"
+        label = "CrowS-Pairs" if key == "crows_pairs" else "CrowS-Pairs unmodified-token"
         for t in crows_types:
             if t in cb and t in ca:
                 out.append({"check": f"{label} {t} closer to 50", "value": f"{cb[t]['SS']:.2f} → {ca[t]['SS']:.2f}",
