@@ -275,9 +275,10 @@ def _reference_cafie(model, tok, scorer: CAFIE, req: Request) -> float:
     enc = tok(req.text, add_special_tokens=False, return_offsets_mapping=True)
     ids, offs = [start, *enc["input_ids"]], enc["offset_mapping"]
     first = 1 + next(i for i, (_, e) in enumerate(offs) if e > req.score_from)
+    skipped = {j for j in range(1, len(ids)) if any(offs[j - 1][0] < b and offs[j - 1][1] > a for a, b in req.skip)}
     total = 0.0
     with torch.no_grad():
-        for j in range(first, len(ids)):
+        for j in (j for j in range(first, len(ids)) if j not in skipped):
             c = offs[j - 2][1] if j >= 2 else 0
             ctx = req.text[:c]
             cf_ctxs = []
@@ -313,6 +314,19 @@ def test_scores_equal_the_per_token_reference(mt, kw):
     plain = sequence_logprobs_one_by_one(model, tok, WITH_GROUPS)
     np.testing.assert_array_equal(got.n_tokens, plain.n_tokens)
     assert (np.abs(got.sum_logprob - plain.sum_logprob) > 1e-3).all()  # the group words change the scores
+
+
+def test_skipped_spans_are_left_out(mt):
+    model, tok = mt
+    scorer = CAFIE(model, tok)
+    reqs = [Request("The man met her.", 0, skip=((4, 7),)), Request("He is a nurse.", 0, skip=((0, 2), (8, 13)))]
+    got = scorer.sequence_logprobs(reqs, _cfg(batch_size=4, max_batch_tokens=64))
+    np.testing.assert_array_equal(got.n_tokens, [len("The man met her.") - 3, len("He is a nurse.") - 7])
+    np.testing.assert_allclose(got.sum_logprob, [_reference_cafie(model, tok, scorer, r) for r in reqs],
+                               rtol=0, atol=TOL)
+    # nothing skipped: the plain texts
+    full = scorer.sequence_logprobs([Request(r.text) for r in reqs], _cfg())
+    assert (full.sum_logprob < got.sum_logprob).all()
 
 
 def test_separately_encoded_contexts_give_the_same_scores(mt, monkeypatch):

@@ -136,13 +136,15 @@ def test_lambda_zero_equals_plain_scoring(mt, batch_size, max_batch_tokens):
 
 
 def _reference_self_debias(model, tok, sd: SelfDebias, req: Request) -> float:
-    """One context at a time: p from [start] + x_<t, p_b from [start] + prefix + x_<t, no padding."""
+    """One context at a time: p from [start] + x_<t, p_b from [start] + prefix + x_<t, no padding.
+    (Byte tokenizer: token j covers character j - 1, so ``req.skip`` spans are character ranges of tokens.)"""
     start = resolve_start_token_id(tok)
     ids = [start, *tok.encode(req.text, add_special_tokens=False)]
     first = 1 + len(tok.encode(req.text[: req.score_from], add_special_tokens=False))
+    skipped = {c + 1 for a, b in req.skip for c in range(a, b)}
     total = 0.0
     with torch.no_grad():
-        for j in range(first, len(ids)):
+        for j in (j for j in range(first, len(ids)) if j not in skipped):
             plain = model(torch.tensor([ids[:j]])).logits[0, -1]
             biased = [model(torch.tensor([[start, *pre, *ids[1:j]]])).logits[0, -1] for pre in sd.prefix_ids]
             total += float(self_debias_logprobs(plain, biased, sd.lam, sd.eps)[ids[j]])
@@ -167,6 +169,20 @@ def test_scores_equal_the_per_token_reference(mt, monkeypatch, cache_prefix):
     # The method changes the scores: not the plain ones.
     plain = sequence_logprobs_one_by_one(model, tok, reqs)
     assert np.abs(got.sum_logprob - plain.sum_logprob).max() > 1e-3
+
+
+def test_skipped_spans_are_left_out(mt):
+    model, tok = mt
+    reqs = [Request("The women cook.", 0, skip=((4, 9),)), Request("Hi. She is.", 4, skip=((4, 7),))]
+    plain = SelfDebias(model, tok, lam=0.0).sequence_logprobs(reqs, _cfg())
+    ref = sequence_logprobs_one_by_one(model, tok, reqs)
+    np.testing.assert_array_equal(plain.n_tokens, [len("The women cook.") - 5, len("She is.") - 3])
+    np.testing.assert_array_equal(plain.n_tokens, ref.n_tokens)
+    np.testing.assert_allclose(plain.sum_logprob, ref.sum_logprob, rtol=0, atol=TOL)
+    sd = SelfDebias(model, tok, bias_types=("gender",))
+    got = sd.sequence_logprobs(reqs, _cfg(batch_size=3, max_batch_tokens=200))
+    np.testing.assert_allclose(got.sum_logprob, [_reference_self_debias(model, tok, sd, r) for r in reqs],
+                               rtol=0, atol=TOL)
 
 
 def test_empty_and_unscored_requests(mt):

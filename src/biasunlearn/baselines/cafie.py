@@ -326,12 +326,12 @@ class _Plan:
     """One request: its plain row, and for every scored token the (row, position) of its counterfactuals."""
 
     ids: list[int]
-    first: int
+    scored: list[int]  # indices into ids of the scored tokens
     cf_refs: list[list[tuple[tuple[int, ...], int]]] = field(default_factory=list)
 
     @property
     def n_scored(self) -> int:
-        return len(self.ids) - self.first
+        return len(self.scored)
 
 
 def _boundary_index(offsets: Sequence[tuple[int, int]], char_end: int, nth: int = 1) -> int | None:
@@ -387,11 +387,14 @@ class CAFIE:
         """The keyword arguments of :func:`cafie_logprobs` this scorer uses."""
         return {"lam": self.lam, "alpha": self.alpha, "temperature": self.temperature, "normalize": self.normalize}
 
-    def _plan(self, text: str, score_from: int, ids: list[int], offsets, start_id: int) -> _Plan:
+    def _plan(self, text: str, score_from: int, ids: list[int], offsets, start_id: int,
+              skip: tuple[tuple[int, int], ...] = ()) -> _Plan:
         first = next((i for i, (_, end) in enumerate(offsets) if end > score_from), len(ids)) + 1
         ids = [start_id, *ids]
-        plan = _Plan(ids, first)
-        scored = range(first, len(ids))
+        # Request.skip: tokens whose characters overlap a skipped span stay in the input, unscored.
+        scored = [j for j in range(first, len(ids))
+                  if not any(offsets[j - 1][0] < b and offsets[j - 1][1] > a for a, b in skip)]
+        plan = _Plan(ids, scored)
         # Characters of context of the token at index j of ids (ids[0] is the start token).
         ctx_end = {j: offsets[j - 2][1] if j >= 2 else 0 for j in scored}
         # How many tokens of the context end at its last character (> 1 inside a multi-token character).
@@ -452,7 +455,7 @@ class CAFIE:
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else start_id
         enc = self.tokenizer([r.text for r in requests], add_special_tokens=False, return_offsets_mapping=True)
         plans = [
-            self._plan(r.text, r.score_from, ids, offs, start_id)
+            self._plan(r.text, r.score_from, ids, offs, start_id, r.skip)
             for r, ids, offs in zip(requests, enc["input_ids"], enc["offset_mapping"], strict=True)
         ]
         budget = _token_budget(self.model, cfg)
@@ -484,7 +487,7 @@ class CAFIE:
         for i in chunk:
             p = plans[i]
             plain = tuple(p.ids)
-            for t, j in enumerate(range(p.first, len(p.ids))):
+            for t, j in enumerate(p.scored):
                 orig_refs.append(ref(plain, j - 1))
                 cf_refs.append([ref(row, pos) for row, pos in p.cf_refs[t]])
                 targets.append(p.ids[j])

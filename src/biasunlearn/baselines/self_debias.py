@@ -280,13 +280,14 @@ class SelfDebias:
         n_views = 1 + len(self.prefix_ids)
         # Chunks of requests whose selected logits (scored tokens x views) stay within the token budget.
         order = sorted(range(n), key=lambda i: -len(encoded[i].ids))
-        chunks = chunk_by_load(order, lambda i: (len(encoded[i].ids) - encoded[i].first_scored) * n_views, budget)
+        scored_at = [e.scored() for e in encoded]  # Request.skip leaves tokens unscored
+        chunks = chunk_by_load(order, lambda i: len(scored_at[i]) * n_views, budget)
         sums_t = torch.zeros(n, dtype=torch.float64)
         with tqdm(total=n, desc=desc, unit="seq", disable=not cfg.progress, leave=False) as bar:
             for chunk in chunks:
-                scored = [i for i in chunk if encoded[i].first_scored < len(encoded[i].ids)]
+                scored = [i for i in chunk if scored_at[i]]
                 if scored:
-                    plain_pos = [list(range(encoded[i].first_scored - 1, len(encoded[i].ids) - 1)) for i in scored]
+                    plain_pos = [[j - 1 for j in scored_at[i]] for i in scored]
                     rows = [encoded[i].ids for i in scored]
                     plain = torch.cat(forward_positions(self.model, rows, plain_pos, pad_id, cfg.batch_size, budget))
                     biased = []
@@ -298,11 +299,9 @@ class SelfDebias:
                         biased.append(torch.cat(lg))
                     logp = self_debias_logprobs(plain, biased, self.lam, self.eps)
                     targets = torch.tensor(
-                        [t for i in scored for t in encoded[i].ids[encoded[i].first_scored :]], device=logp.device
+                        [encoded[i].ids[j] for i in scored for j in scored_at[i]], device=logp.device
                     )
-                    owners = torch.tensor(
-                        [i for i in scored for _ in range(len(encoded[i].ids) - encoded[i].first_scored)]
-                    )
+                    owners = torch.tensor([i for i in scored for _ in scored_at[i]])
                     tok_lp = logp.gather(-1, targets[:, None]).squeeze(-1)
                     sums_t.index_add_(0, owners, tok_lp.double().cpu())
                     counts += np.bincount(owners.numpy(), minlength=n)
