@@ -116,7 +116,14 @@ from transformers import LogitsProcessor
 
 from biasunlearn.baselines.self_debias import chunk_by_load, forward_positions, split_start
 from biasunlearn.errors import ConfigError
-from biasunlearn.scoring import Request, ScoringConfig, SequenceLogProbs, _token_budget, resolve_start_token_id
+from biasunlearn.scoring import (
+    Request,
+    ScoringConfig,
+    SequenceLogProbs,
+    _overlaps,
+    _token_budget,
+    resolve_start_token_id,
+)
 
 WORDLIST_DIR = Path(__file__).parent / "wordlists"
 DEFAULT_WORDLISTS = ("gender", "race", "religion")
@@ -392,8 +399,7 @@ class CAFIE:
         first = next((i for i, (_, end) in enumerate(offsets) if end > score_from), len(ids)) + 1
         ids = [start_id, *ids]
         # Request.skip: tokens whose characters overlap a skipped span stay in the input, unscored.
-        scored = [j for j in range(first, len(ids))
-                  if not any(offsets[j - 1][0] < b and offsets[j - 1][1] > a for a, b in skip)]
+        scored = [j for j in range(first, len(ids)) if not _overlaps(*offsets[j - 1], skip)]
         plan = _Plan(ids, scored)
         # Characters of context of the token at index j of ids (ids[0] is the start token).
         ctx_end = {j: offsets[j - 2][1] if j >= 2 else 0 for j in scored}
