@@ -161,6 +161,13 @@ def _crows_pairs(ctx: EvalContext, model, tokenizer, unmodified: bool) -> Benchm
     )
 
 
+#: The two CrowS-Pairs benchmarks and how each scores a sentence (for tables and reports).
+CROWS_SCORES = {
+    "crows_pairs": "whole sentence",
+    "crows_pairs_unmodified": "unmodified tokens (Nangia et al.)",
+}
+
+
 @BENCHMARKS.register("crows_pairs")
 def run_crows_pairs(model, tokenizer, ctx: EvalContext) -> BenchmarkResult:
     """Each sentence scored whole (every token after the start token)."""

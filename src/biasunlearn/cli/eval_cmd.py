@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from biasunlearn.benchmarks import CROWS_SCORES
 from biasunlearn.config import add_dataclass_arguments, build_config
 from biasunlearn.evaluation import EvalConfig
 
@@ -34,7 +35,7 @@ def format_tables(results: dict[str, Any]) -> str:
         for task, doms in st.items():
             for dom, m in doms.items():
                 lines.append(f"{task:<15}{dom:<12}{m['Count']:>6}{m['SS']:>8.2f}{m['LMS']:>8.2f}{m['ICAT']:>8.2f}")
-    for key, how in (("crows_pairs", "whole sentence"), ("crows_pairs_unmodified", "unmodified tokens")):
+    for key, how in CROWS_SCORES.items():
         if key not in bm:
             continue
         lines.append(f"\nCrowS-Pairs, {how} ({bm[key]['n_items']} pairs; % preferring the stereotype, 50 ideal)")

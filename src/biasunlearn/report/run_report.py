@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from biasunlearn.benchmarks import CROWS_SCORES
 from biasunlearn.data.stereoset import BIAS_TYPES
 from biasunlearn.utils import atomic_write_text
 
@@ -32,12 +33,6 @@ def stereoset_table(before: dict[str, Any], after: dict[str, Any], task: str = "
                         f"{a[dom]['LMS']:.2f} | {a[dom]['LMS'] - b[dom]['LMS']:+.2f} | {b[dom]['ICAT']:.2f} | "
                         f"{a[dom]['ICAT']:.2f} |")
     return "\n".join(rows)
-
-
-CROWS_SCORES = {
-    "crows_pairs": "whole sentence",
-    "crows_pairs_unmodified": "unmodified tokens (Nangia et al.)",
-}
 
 
 def crows_table(before: dict[str, Any], after: dict[str, Any], key: str = "crows_pairs") -> str:
