@@ -30,6 +30,7 @@ from biasunlearn.methods.control import ControlCallback, ControlConfig
 from biasunlearn.methods.data import (
     GROUPINGS,
     INVARIANCE_SCOPES,
+    KL_REGIONS,
     REGIONS,
     TYPE_SAMPLING,
     ChunkStream,
@@ -82,6 +83,8 @@ class TrainConfig:
         normalize_retain: average the retention cross-entropy per sequence (each retained sentence
             weighs the same) instead of per token (long intersentence candidates dominate).
         loss_region: intrasentence loss region: from_blank, blank_only or sentence.
+        kl_region: region of the KL term's unrelated sentences: loss (the loss region) or text (every
+            token, the context included: anchors the group words of the contexts to the reference).
         tasks: StereoSet tasks to train on (comma-separated).
         protect_words: comma-separated bias types (gender, race, religion) whose word lists are left out of
             the loss regions of the other types' sentences (gender: debiasing profession cannot move he/she
@@ -179,6 +182,7 @@ class TrainConfig:
     normalize_forget: bool = True
     normalize_retain: bool = True
     loss_region: str = "blank_only"
+    kl_region: str = "loss"
     tasks: str = "intrasentence,intersentence"
     protect_words: str = ""
     protect_scope: str = "other"
@@ -249,6 +253,8 @@ class TrainConfig:
                               f"got {self.invariance_scope!r}")
         if self.loss_region not in REGIONS:
             raise ConfigError(f"--loss-region: expected one of {', '.join(REGIONS)}, got {self.loss_region!r}")
+        if self.kl_region not in KL_REGIONS:
+            raise ConfigError(f"--kl-region: expected one of {', '.join(KL_REGIONS)}, got {self.kl_region!r}")
         if not 0.0 <= self.positive_share <= 1.0:
             raise ConfigError(f"--positive-share must be in [0, 1] (0 = off), got {self.positive_share}")
         parse_type_shares(self.positive_share_types)
@@ -270,6 +276,9 @@ class TrainConfig:
         if self.counterfactual_retain and not method.retain:
             raise ConfigError(f"--counterfactual-retain: --method {self.method} has no retention term, so the "
                               f"counterfactual sentences would not be trained on; leave it unset")
+        if self.kl_region != "loss" and method.engine == "biasunlearn" and not method.kl:
+            raise ConfigError(f"--kl-region: --method {self.method} has no KL term, so its region is not used; "
+                              f"leave it unset")
         if self.w_pair < 0:
             raise ConfigError(f"--w-pair must be >= 0, got {self.w_pair}")
         if self.w_invariance < 0:
@@ -295,7 +304,8 @@ class TrainConfig:
                   "protect_words": "--protect-words", "balance_words": "--balance-words",
                   "pair_types": "--pair-types",
                   "invariance_types": "--invariance-types"}
-        return [flag for name, flag in opt_in.items() if getattr(self, name)]
+        flags = [flag for name, flag in opt_in.items() if getattr(self, name)]
+        return flags + (["--kl-region"] if self.kl_region != "loss" else [])
 
     def pair_type_list(self) -> tuple[str, ...]:
         """The bias types of ``--pair-types`` (empty: the pairwise term is off)."""
@@ -368,7 +378,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     pools = build_pools(train_examples, cfg.loss_region, tasks, cfg.control_groups, cfg.protect_words,
                         cfg.protect_scope,
                         sentiment=cfg.positive_share > 0 or any(shares.values()),
-                        counterfactual=cfg.counterfactual_retain)
+                        counterfactual=cfg.counterfactual_retain, kl_region=cfg.kl_region)
     swap = SwapState()
     history: list[dict[str, Any]] = []
     ckpt_dir = out / "checkpoints"

@@ -422,6 +422,32 @@ def test_build_pools_task_filter_and_region():
         build_pools([e for e in _mixed_examples() if e.task == "intersentence"], tasks=("intrasentence",))
 
 
+def test_kl_region_text_covers_the_whole_unrelated_text():
+    loss = build_pools(_mixed_examples(), region="blank_only")
+    text = build_pools(_mixed_examples(), region="blank_only", kl_region="text")
+    assert sorted(_region(i) for i in loss.unrelated if i.bias_type == "religion") == ["u"]
+    # intrasentence: the whole sentence; intersentence: the context, the joining space and the candidate
+    assert {_region(i) for i in text.unrelated} == (
+        {f"G{k} is u." for k in range(3)} | {"R is u."}
+        | {f"Race ctx {k}. r{k} U" for k in range(2)} | {f"Gender ctx {k}. g{k} U" for k in range(2)})
+    assert all(i.loss_from == 0 and i.loss_to == len(i.text) for i in text.unrelated)
+    assert [i.text for i in text.unrelated] == [i.text for i in loss.unrelated]  # same sentences, wider region
+    # the forget and retain pools do not change
+    assert text.stereo == loss.stereo and text.anti == loss.anti
+    with pytest.raises(ConfigError, match="--kl-region"):
+        build_pools(_mixed_examples(), kl_region="context")
+
+
+def test_kl_region_text_masks_every_token_on_the_real_tokenizer(smol_tok):
+    item = build_pools([ETHIOPIA], kl_region="text").unrelated[0]
+    enc = encode_item(smol_tok, item, start_id=0)
+    assert enc.input_ids[0] == 0 and not enc.loss_mask[0]  # the start token is never a target
+    assert all(enc.loss_mask[1:])
+    masked = [t for t, m in zip(enc.input_ids, enc.loss_mask, strict=True) if m]
+    decoded = smol_tok.decode(masked, clean_up_tokenization_spaces=False)
+    assert decoded == "My neighbor is from Ethiopia. Dogs bark at night."
+
+
 # --------------------------------------------------------------------------------------------------
 # ChunkStream
 # --------------------------------------------------------------------------------------------------
@@ -1170,6 +1196,19 @@ def test_invariance_types_name_their_flag():
     with pytest.raises(ConfigError, match="--invariance-scope"):
         TrainConfig(invariance_types="gender", invariance_scope="mine")
     assert TrainConfig(invariance_types="gender").chunk_options_set() == ["--invariance-types"]
+
+
+def test_kl_region_config():
+    from biasunlearn.train import TrainConfig
+
+    assert TrainConfig().kl_region == "loss" and TrainConfig().chunk_options_set() == []
+    assert TrainConfig(kl_region="text").chunk_options_set() == ["--kl-region"]
+    with pytest.raises(ConfigError, match="--kl-region"):
+        TrainConfig(kl_region="context")
+    for method in ("no_kl", "npo", "dpo"):  # no KL term / not BiasUnlearn's chunks: refused, not ignored
+        with pytest.raises(ConfigError, match="--kl-region"):
+            TrainConfig(method=method, kl_region="text")
+    assert TrainConfig(method="no_kl").kl_region == "loss"
 
 
 def test_group_balanced_flips_only_the_other_types_examples_with_group_words():

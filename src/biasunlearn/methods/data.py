@@ -7,6 +7,13 @@ From the train split, for each bias type:
 * retain = anti-stereotype sentences;
 * KL = unrelated sentences.
 
+The KL term's region (``kl_region``) is by default the same loss region as the other terms. With
+``kl_region="text"`` it is every token of the unrelated sentence's text: the whole intrasentence sentence
+(context words around the blank included) and, for intersentence examples, the context as well as the
+candidate. The contexts name the bias groups (``My mother ...``, ``The Ethiopian ...``), so this anchors
+the probabilities of group words, and of what follows them, to the reference; the loss region alone
+leaves them free, and the trained models drift toward female words on CrowS-Pairs (sweep exp59, exp60).
+
 When a type is *swapped* (its bias has reversed on the control split) its forget and retain roles are
 exchanged: forget = anti-stereotypes plus the adversarial fraction of stereotypes, retain = stereotypes.
 
@@ -66,6 +73,9 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 REGIONS = ("from_blank", "blank_only", "sentence")
+#: regions of the KL term's unrelated sentences: ``loss`` = the loss region above; ``text`` = every token of
+#: the text (an intersentence example's context included)
+KL_REGIONS = ("loss", "text")
 GROUPINGS = ("type", "type_task")
 
 
@@ -305,10 +315,18 @@ def invariance_pairs(examples: Sequence[StereoExample], types: str,
     return out
 
 
+def text_item(ex: StereoExample, label: str) -> TrainItem:
+    """The :class:`TrainItem` of the sentence of ``ex`` labelled ``label`` with every token of its text in
+    the region (an intersentence example's context included)."""
+    s = ex.by_label(label).text
+    text = f"{ex.context} {s}" if ex.task == "intersentence" else s
+    return TrainItem(text, 0, len(text), ex.bias_type, label, ex.id, ex.task)
+
+
 def build_pools(examples: Sequence[StereoExample], region: str = "from_blank",
                 tasks: Sequence[str] = ("intrasentence", "intersentence"), grouping: str = "type",
                 protect_words: str = "", protect_scope: str = "other", sentiment: bool = False,
-                counterfactual: str = "") -> Pools:
+                counterfactual: str = "", kl_region: str = "loss") -> Pools:
     """Per-group pools (groups: :func:`group_key`), in bias-type order.
 
     ``protect_words``: comma-separated bias types (gender, race, religion) whose word lists are cut out
@@ -321,7 +339,12 @@ def build_pools(examples: Sequence[StereoExample], region: str = "from_blank",
 
     ``counterfactual``: comma-separated bias types whose stereotypes and anti-stereotypes get their
     counterfactuals (:func:`counterfactual_examples`, same loss region) in ``cf_stereo`` / ``cf_anti``,
-    which :class:`ChunkStream` adds to the retain pool (see the module docstring)."""
+    which :class:`ChunkStream` adds to the retain pool (see the module docstring).
+
+    ``kl_region``: ``loss`` (the unrelated sentences' loss region) or ``text`` (their whole text, see
+    the module docstring)."""
+    if kl_region not in KL_REGIONS:
+        raise ConfigError(f"--kl-region: expected one of {', '.join(KL_REGIONS)}, got {kl_region!r}")
     lists = protected_wordlists(protect_words, protect_scope)
     cf_lists = counterfactual_wordlists(counterfactual)
     stereo: dict[str, list[TrainItem]] = {}
@@ -350,7 +373,7 @@ def build_pools(examples: Sequence[StereoExample], region: str = "from_blank",
                                       ex.bias_type, lists, protect_scope)
                     if item is not None:
                         cf[label].setdefault(key, []).append(item)
-        unrelated.append(loss_region(ex, "unrelated", region))
+        unrelated.append(loss_region(ex, "unrelated", region) if kl_region == "loss" else text_item(ex, "unrelated"))
     if lists:
         log.info("protected words (%s): cut out of %d example(s); %d example(s) with nothing else to learn "
                  "from dropped", ",".join(lists), n_protected, n_dropped)
