@@ -320,9 +320,7 @@ def invariance_pairs(examples: Sequence[StereoExample], types: str,
 def text_item(ex: StereoExample, label: str) -> TrainItem:
     """The :class:`TrainItem` of the sentence of ``ex`` labelled ``label`` with every token of its text in
     the region (an intersentence example's context included)."""
-    s = ex.by_label(label).text
-    text = f"{ex.context} {s}" if ex.task == "intersentence" else s
-    return TrainItem(text, 0, len(text), ex.bias_type, label, ex.id, ex.task)
+    return replace(loss_region(ex, label, "sentence"), loss_from=0)
 
 
 def build_pools(examples: Sequence[StereoExample], region: str = "from_blank",
