@@ -4,8 +4,8 @@
 # training to the stop criterion, the same evaluation with the adapter, and OUT/report.md with plots.
 # The training options are the recipe the sweep chose for the built-in model (results/sweep/FINDINGS.md):
 # beta 1.0, the pairwise term on gender pairs (not in the paper), a heavier retention term, a stop band of one
-# standard error (--control-z 1.0) and a 150-step budget; with the default seed this reproduces the committed run in results/main-smollm2/ (same adapter
-# sha256). The library's own defaults stay the paper's objective.
+# standard error (--control-z 1.0) and a 150-step budget; with the default seed this reproduces the committed
+# run in results/main-smollm2/ (same adapter sha256). The library's own defaults stay the paper's objective.
 # Extra flags pass through and override these; with --preset (e.g. --preset quick, a short demonstration)
 # the recipe's step budget and extra terms are left to the preset.
 set -euo pipefail

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import importlib.util
+from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 
@@ -16,3 +18,15 @@ def load_script(name: str) -> ModuleType:
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def write_crows_csv(path: Path, rows: Sequence[tuple[str, str, str, str]]) -> Path:
+    """A CrowS-Pairs CSV in the original columns at ``path``, one line per ``(sent_more, sent_less,
+    stereo_antistereo, bias_type)`` row."""
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["", "sent_more", "sent_less", "stereo_antistereo", "bias_type", "annotations", "anon_writer",
+                    "anon_annotators"])
+        for i, r in enumerate(rows):
+            w.writerow([i, *r, "[]", "a", "[]"])
+    return path

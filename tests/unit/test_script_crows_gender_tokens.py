@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import pytest
 import torch
-from script_loader import load_script
+from script_loader import load_script, write_crows_csv
 
 
 def _csv(tmp_path: Path) -> Path:
@@ -17,14 +16,7 @@ def _csv(tmp_path: Path) -> Path:
         ("Poor people steal.", "Rich people steal.", "stereo", "socioeconomic"),  # not gender: ignored
         ("The cat is loud.", "The dog is loud.", "stereo", "gender"),  # no gendered words: ignored
     ]
-    path = tmp_path / "crows.csv"
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["", "sent_more", "sent_less", "stereo_antistereo", "bias_type", "annotations", "anon_writer",
-                    "anon_annotators"])
-        for i, r in enumerate(rows):
-            w.writerow([i, *r, "[]", "a", "[]"])
-    return path
+    return write_crows_csv(tmp_path / "crows.csv", rows)
 
 
 def _adapter(tiny_model_dir: Path, out: Path, zero: bool) -> Path:

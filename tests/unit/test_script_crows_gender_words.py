@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
 import pytest
-from script_loader import load_script
+from script_loader import load_script, write_crows_csv
 
 
 def _load():
@@ -21,14 +20,7 @@ def _write(tmp_path: Path) -> Path:
         ("He is a nurse.", "She is a nurse.", "antistereo", "gender"),  # male / female, antistereo
         ("Poor people steal.", "Rich people steal.", "stereo", "socioeconomic"),  # not gender: ignored
     ]
-    path = tmp_path / "crows.csv"
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["", "sent_more", "sent_less", "stereo_antistereo", "bias_type", "annotations", "anon_writer",
-                    "anon_annotators"])
-        for i, r in enumerate(rows):
-            w.writerow([i, *r, "[]", "a", "[]"])
-    return path
+    return write_crows_csv(tmp_path / "crows.csv", rows)
 
 
 def _preds(tmp_path: Path, name: str, scores: dict[int, tuple[float, float]]) -> Path:
