@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections import defaultdict
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -26,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from crows_gender_words import FEMALE, MALE, _words
 
 from biasunlearn.data.crows_pairs import load_crows_pairs, modified_spans
+from biasunlearn.methods.losses import token_logprobs as sequence_token_logprobs
 
 
 def token_logprobs(model, tok, start_id: int, text: str,
@@ -35,15 +37,9 @@ def token_logprobs(model, tok, start_id: int, text: str,
     enc = tok(text, return_offsets_mapping=True, add_special_tokens=False)
     ids = torch.tensor([[start_id, *enc["input_ids"]]])
     out = {}
-    for name in ("before", "after"):
-        with torch.no_grad():
-            if name == "before":
-                with model.disable_adapter():
-                    logits = model(ids).logits
-            else:
-                logits = model(ids).logits
-        logp = torch.log_softmax(logits[0, :-1].float(), -1)
-        out[name] = logp.gather(1, ids[0, 1:, None])[:, 0]
+    for name, adapter_off in (("before", model.disable_adapter), ("after", nullcontext)):
+        with torch.no_grad(), adapter_off():
+            out[name] = sequence_token_logprobs(model(ids).logits, ids)[0]
     offsets = enc["offset_mapping"]
     modified = [any(s < e2 and s2 < e for s2, e2 in spans) for s, e in offsets]
     return out, modified, [text[s:e].strip().lower() for s, e in offsets]
