@@ -10,6 +10,11 @@ scores higher than its anti-stereotype.
         --before results/base-smollm2/stereoset_predictions.json \\
         --after results/biasunlearn-smollm2/stereoset_predictions.json
 
+With ``--by group-words`` the rows are the two tasks instead, each split by whether the stereotype and the
+anti-stereotype carry the same words of the bias type's group word list (the CAFIE lists of
+``biasunlearn.baselines``: gender, race, religion) or not: a shift toward one group's words in general
+moves the second kind of pair, unlearning the attribute itself the first.
+
 With ``--scored-only`` the table covers only the gold file's examples that both predictions files score
 (for an evaluation of the train split, ``eval --split train``, whose examples are a part of test.json).
 """
@@ -36,12 +41,34 @@ def _ss(examples, scores: dict[str, float]) -> float:
     return stereoset_results(examples, scores)["both"]["overall"]["SS"]
 
 
+def _by_group_words(examples, bias_type: str) -> list[tuple[str, list]]:
+    """``[(row label, examples)]``: each task's examples split by whether the stereotype and the
+    anti-stereotype carry the same group words of ``bias_type``'s word list."""
+    from biasunlearn.baselines.cafie import load_wordlist
+
+    if bias_type not in ("gender", "race", "religion"):
+        sys.exit(f"--by group-words: {bias_type!r} has no group word list (gender, race, religion)")
+    wordlist = load_wordlist(bias_type)
+
+    def words(text: str) -> list[str]:
+        return sorted(text[m.start:m.end].lower() for m in wordlist.find(text))
+
+    groups: dict[str, list] = {}
+    for e in examples:
+        s = {x.gold_label: x.text for x in e.sentences}
+        same = words(s["stereotype"]) == words(s["anti-stereotype"])
+        groups.setdefault(f"{e.task}, {'same' if same else 'different'}", []).append(e)
+    return sorted(groups.items())
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--gold", required=True, type=Path, help="the StereoSet file the predictions were made on")
     ap.add_argument("--before", required=True, type=Path, help="stereoset_predictions.json before")
     ap.add_argument("--after", required=True, type=Path, help="stereoset_predictions.json after")
     ap.add_argument("--bias-type", default="gender", help="gender, profession, race or religion")
+    ap.add_argument("--by", choices=("target", "group-words"), default="target",
+                    help="rows per target, or per task and whether the pair's group words are the same")
     ap.add_argument("--scored-only", action="store_true",
                     help="leave out the gold examples that the predictions do not score (a split of the file)")
     args = ap.parse_args(argv)
@@ -59,12 +86,16 @@ def main(argv: list[str] | None = None) -> int:
     missing = [s.id for e in examples for s in e.sentences if s.id not in before or s.id not in after]
     if missing:
         sys.exit(f"--before/--after: {len(missing)} sentences of {args.gold} have no score (first: {missing[0]})")
-    by_target: dict[str, list] = {}
-    for e in examples:
-        by_target.setdefault(e.target, []).append(e)
-    print(f"| {args.bias_type} target | examples | SS before | SS after | change |")
+    if args.by == "group-words":
+        title, rows = "task, group words", _by_group_words(examples, args.bias_type)
+    else:
+        by_target: dict[str, list] = {}
+        for e in examples:
+            by_target.setdefault(e.target, []).append(e)
+        title = "target"
+        rows = sorted(by_target.items(), key=lambda kv: _ss(kv[1], after) - _ss(kv[1], before))
+    print(f"| {args.bias_type} {title} | examples | SS before | SS after | change |")
     print("|---|---:|---:|---:|---:|")
-    rows = sorted(by_target.items(), key=lambda kv: _ss(kv[1], after) - _ss(kv[1], before))
     for target, exs in [*rows, (f"all {args.bias_type}", examples)]:
         b, a = _ss(exs, before), _ss(exs, after)
         print(f"| {target} | {len(exs)} | {b:.2f} | {a:.2f} | {a - b:+.2f} |")

@@ -79,3 +79,27 @@ def test_scored_only_keeps_the_examples_both_files_score(tmp_path, capsys):
     after.write_text(json.dumps({t: [r for r in rows if r["id"] not in gender_ids] for t, rows in data.items()}))
     with pytest.raises(SystemExit, match="scored in both"):
         _load().main([*args, "--scored-only"])
+
+
+def test_by_group_words_splits_each_task(tmp_path, capsys):
+    """``--by group-words``: grandfather's pair made to differ in its gendered word (He -> She in the
+    anti-stereotype) is counted apart from sister's pair, whose two sentences share ``sister``."""
+    data = json.loads(GOLD.read_text())
+    for ex in data["data"]["intersentence"]:
+        for s in ex["sentences"]:
+            if ex["target"] == "grandfather" and s["gold_label"] == "anti-stereotype":
+                s["sentence"] = "She played video games."
+    gold = tmp_path / "dev.json"
+    gold.write_text(json.dumps(data))
+    before = _preds(tmp_path, "b.json", {"sister": True, "grandfather": True})
+    after = _preds(tmp_path, "a.json", {"sister": False, "grandfather": True})
+    assert _load().main(["--gold", str(gold), "--before", str(before), "--after", str(after),
+                         "--by", "group-words"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("| gender task, group words |")
+    assert lines[2:] == ["| intersentence, different | 1 | 100.00 | 100.00 | +0.00 |",
+                         "| intrasentence, same | 1 | 100.00 | 0.00 | -100.00 |",
+                         "| all gender | 2 | 100.00 | 50.00 | -50.00 |"]
+    with pytest.raises(SystemExit, match="--by group-words"):
+        _load().main(["--gold", str(gold), "--before", str(before), "--after", str(after),
+                      "--by", "group-words", "--bias-type", "profession"])
