@@ -27,6 +27,7 @@ from pathlib import Path
 
 from biasunlearn.data.stereoset import load_stereoset
 from biasunlearn.errors import BiasUnlearnError
+from biasunlearn.methods.data import type_wordlists
 from biasunlearn.metrics.stereoset import read_predictions, stereoset_results
 
 
@@ -41,14 +42,9 @@ def _ss(examples, scores: dict[str, float]) -> float:
     return stereoset_results(examples, scores)["both"]["overall"]["SS"]
 
 
-def _by_group_words(examples, bias_type: str) -> list[tuple[str, list]]:
+def _by_group_words(examples, wordlist) -> list[tuple[str, list]]:
     """``[(row label, examples)]``: each task's examples split by whether the stereotype and the
-    anti-stereotype carry the same group words of ``bias_type``'s word list."""
-    from biasunlearn.baselines.cafie import load_wordlist
-
-    if bias_type not in ("gender", "race", "religion"):
-        sys.exit(f"--by group-words: {bias_type!r} has no group word list (gender, race, religion)")
-    wordlist = load_wordlist(bias_type)
+    anti-stereotype carry the same group words of ``wordlist``."""
 
     def words(text: str) -> list[str]:
         return sorted(text[m.start:m.end].lower() for m in wordlist.find(text))
@@ -72,6 +68,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scored-only", action="store_true",
                     help="leave out the gold examples that the predictions do not score (a split of the file)")
     args = ap.parse_args(argv)
+    wordlist = None
+    if args.by == "group-words":
+        try:
+            wordlist = type_wordlists(args.bias_type, "--by group-words")[args.bias_type]
+        except BiasUnlearnError as e:
+            sys.exit(str(e))
     try:
         examples = [e for e in load_stereoset(args.gold) if e.bias_type == args.bias_type]
     except BiasUnlearnError as e:
@@ -87,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         sys.exit(f"--before/--after: {len(missing)} sentences of {args.gold} have no score (first: {missing[0]})")
     if args.by == "group-words":
-        title, rows = "task, group words", _by_group_words(examples, args.bias_type)
+        title, rows = "task, group words", _by_group_words(examples, wordlist)
     else:
         by_target: dict[str, list] = {}
         for e in examples:

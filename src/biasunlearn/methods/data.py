@@ -176,7 +176,7 @@ def protect(item: TrainItem, wordlist) -> TrainItem | None:
 PROTECT_SCOPES = ("other", "all")
 
 
-def _type_wordlists(types: str, flag: str) -> dict[str, object]:
+def type_wordlists(types: str, flag: str) -> dict[str, object]:
     """``{bias type: word list}`` of a comma-separated list of bias types with a word list; an error names
     ``flag``."""
     from biasunlearn.baselines.cafie import load_wordlist
@@ -193,7 +193,7 @@ def protected_wordlists(protect_words: str, protect_scope: str = "other") -> dic
     """``{bias type: word list}`` of ``--protect-words``, after checking it and ``--protect-scope``."""
     if protect_scope not in PROTECT_SCOPES:
         raise ConfigError(f"--protect-scope: expected one of {', '.join(PROTECT_SCOPES)}, got {protect_scope!r}")
-    return _type_wordlists(protect_words, "--protect-words")
+    return type_wordlists(protect_words, "--protect-words")
 
 
 def _protected(item: TrainItem | None, bias_type: str, lists: dict[str, object], scope: str) -> TrainItem | None:
@@ -207,7 +207,7 @@ def _protected(item: TrainItem | None, bias_type: str, lists: dict[str, object],
 
 def counterfactual_wordlists(types: str) -> dict[str, object]:
     """``{bias type: word list}`` of ``--counterfactual-retain`` (comma-separated bias types), checked."""
-    return _type_wordlists(types, "--counterfactual-retain")
+    return type_wordlists(types, "--counterfactual-retain")
 
 
 def flip_words(text: str, wordlist, shift: int = 1) -> str:
@@ -240,7 +240,7 @@ def counterfactual_examples(ex: StereoExample, wordlist) -> list[StereoExample]:
 
 def balance_wordlists(types: str) -> dict[str, object]:
     """``{bias type: word list}`` of ``--balance-words`` (comma-separated bias types), checked."""
-    return _type_wordlists(types, "--balance-words")
+    return type_wordlists(types, "--balance-words")
 
 
 def group_balanced(examples: Sequence[StereoExample], types: str,
@@ -278,7 +278,7 @@ def group_balanced(examples: Sequence[StereoExample], types: str,
 
 def invariance_wordlists(types: str) -> dict[str, object]:
     """``{bias type: word list}`` of ``--invariance-types`` (comma-separated bias types), checked."""
-    return _type_wordlists(types, "--invariance-types")
+    return type_wordlists(types, "--invariance-types")
 
 
 INVARIANCE_SCOPES = ("all", "other")
