@@ -4,6 +4,9 @@ Both run on the same tokens (one chunk of forget + retain + unrelated sequences 
 packed into rows the same way) and the same LoRA set-up; each variant runs in its own process so that
 peak memory is its own.
 Peak memory is reported as the peak resident set size and as the increase over the RSS after loading.
+``--pair-types gender --n-pair 8 --w-pair 0.8`` adds the main job's pairwise term (8 stereotype /
+anti-stereotype pairs a step, 16 more sequences through the policy and the reference); the plain step then
+runs its cross-entropy on those sequences too.
 
     python benchmarks/train_speed.py --steps 6 --out results/train_speed.json
 """
@@ -24,7 +27,8 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def worker(variant: str, model_spec: str, steps: int, n_forget: int, n_retain: int, n_kl: int) -> dict:
+def worker(variant: str, model_spec: str, steps: int, n_forget: int, n_retain: int, n_kl: int,
+           pair_types: tuple[str, ...] = (), n_pair: int = 0, w_pair: float = 0.0) -> dict:
     import torch
 
     from biasunlearn.data.paths import resolve_data_dir
@@ -43,13 +47,14 @@ def worker(variant: str, model_spec: str, steps: int, n_forget: int, n_retain: i
     model.train()
     splits = make_splits(resolve_data_dir(None))
     stream = ChunkStream(build_pools(splits.train), tok, resolve_start_token_id(tok), n_forget=n_forget,
-                         n_retain=n_retain, n_kl=n_kl, seed=0)
+                         n_retain=n_retain, n_kl=n_kl, seed=0, pair_types=pair_types,
+                         n_pair=n_pair if pair_types else 0)
     it = iter(stream)
     batches = [collate_chunk([next(it)], tok.pad_token_id) for _ in range(steps + 1)]
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     rss_loaded = _rss_mb()
     if variant == "biasunlearn":
-        method, weights = METHODS.get("biasunlearn"), ObjectiveWeights()
+        method, weights = METHODS.get("biasunlearn"), ObjectiveWeights(pair=w_pair if pair_types else 0.0)
 
         def loss_fn(b):
             return chunk_loss(model, b, method, weights)["loss"]
@@ -71,7 +76,7 @@ def worker(variant: str, model_spec: str, steps: int, n_forget: int, n_retain: i
             times.append(time.perf_counter() - t)
     return {"variant": variant, "seconds_per_step": sum(times) / len(times), "steps": len(times),
             "peak_rss_mb": _rss_mb(), "rss_after_load_mb": rss_loaded,
-            "sequences_per_step": n_forget + n_retain + n_kl,
+            "sequences_per_step": n_forget + n_retain + n_kl + (2 * n_pair if pair_types else 0),
             "tokens_per_step": int(batches[0]["attention_mask"].sum())}
 
 
@@ -82,16 +87,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-forget", type=int, default=4)
     ap.add_argument("--n-retain", type=int, default=28)
     ap.add_argument("--n-kl", type=int, default=8)
+    ap.add_argument("--pair-types", default="", help="bias types of the pairwise term (e.g. gender); empty: off")
+    ap.add_argument("--n-pair", type=int, default=8)
+    ap.add_argument("--w-pair", type=float, default=0.8)
     ap.add_argument("--out", default="")
     ap.add_argument("--worker", default="", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
-        print(json.dumps(worker(args.worker, args.model, args.steps, args.n_forget, args.n_retain, args.n_kl)))
+        pair_types = tuple(t for t in args.pair_types.split(",") if t)
+        print(json.dumps(worker(args.worker, args.model, args.steps, args.n_forget, args.n_retain, args.n_kl,
+                                pair_types, args.n_pair, args.w_pair)))
         return 0
     res = {}
     for variant in ("plain_lora_ce", "biasunlearn"):
         cmd = [sys.executable, __file__, "--worker", variant, "--model", args.model, "--steps", str(args.steps),
-               "--n-forget", str(args.n_forget), "--n-retain", str(args.n_retain), "--n-kl", str(args.n_kl)]
+               "--n-forget", str(args.n_forget), "--n-retain", str(args.n_retain), "--n-kl", str(args.n_kl),
+               "--pair-types", args.pair_types, "--n-pair", str(args.n_pair), "--w-pair", str(args.w_pair)]
         proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
         res[variant] = json.loads(proc.stdout.strip().splitlines()[-1])
     p, b = res["plain_lora_ce"], res["biasunlearn"]
