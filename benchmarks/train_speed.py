@@ -47,14 +47,13 @@ def worker(variant: str, model_spec: str, steps: int, n_forget: int, n_retain: i
     model.train()
     splits = make_splits(resolve_data_dir(None))
     stream = ChunkStream(build_pools(splits.train), tok, resolve_start_token_id(tok), n_forget=n_forget,
-                         n_retain=n_retain, n_kl=n_kl, seed=0, pair_types=pair_types,
-                         n_pair=n_pair if pair_types else 0)
+                         n_retain=n_retain, n_kl=n_kl, seed=0, pair_types=pair_types, n_pair=n_pair)
     it = iter(stream)
     batches = [collate_chunk([next(it)], tok.pad_token_id) for _ in range(steps + 1)]
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     rss_loaded = _rss_mb()
     if variant == "biasunlearn":
-        method, weights = METHODS.get("biasunlearn"), ObjectiveWeights(pair=w_pair if pair_types else 0.0)
+        method, weights = METHODS.get("biasunlearn"), ObjectiveWeights(pair=w_pair)
 
         def loss_fn(b):
             return chunk_loss(model, b, method, weights)["loss"]
@@ -76,7 +75,7 @@ def worker(variant: str, model_spec: str, steps: int, n_forget: int, n_retain: i
             times.append(time.perf_counter() - t)
     return {"variant": variant, "seconds_per_step": sum(times) / len(times), "steps": len(times),
             "peak_rss_mb": _rss_mb(), "rss_after_load_mb": rss_loaded,
-            "sequences_per_step": n_forget + n_retain + n_kl + (2 * n_pair if pair_types else 0),
+            "sequences_per_step": int(batches[0]["input_ids"].shape[0]),
             "tokens_per_step": int(batches[0]["attention_mask"].sum())}
 
 

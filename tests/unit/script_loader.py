@@ -1,4 +1,4 @@
-"""Import a file of ``scripts/`` as a module (the scripts are not a package), for the script tests."""
+"""Import a file of ``scripts/`` or ``benchmarks/`` as a module (neither is a package), for their tests."""
 
 from __future__ import annotations
 
@@ -8,16 +8,22 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 
-SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPTS = ROOT / "scripts"
 
 
-def load_script(name: str) -> ModuleType:
-    """``scripts/NAME.py``, freshly executed."""
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+def load_script(name: str, folder: Path = SCRIPTS) -> ModuleType:
+    """``scripts/NAME.py`` (or ``FOLDER/NAME.py``), freshly executed."""
+    spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
     assert spec is not None and spec.loader is not None, name
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def load_benchmark(name: str) -> ModuleType:
+    """``benchmarks/NAME.py``, freshly executed."""
+    return load_script(name, ROOT / "benchmarks")
 
 
 def write_crows_csv(path: Path, rows: Sequence[tuple[str, str, str, str]]) -> Path:

@@ -2,23 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "train_speed.py"
-
-
-def _bench():
-    spec = importlib.util.spec_from_file_location("train_speed", BENCH)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from script_loader import load_benchmark
 
 
 def test_pair_rows_are_in_both_variants(tiny_model_dir, shared_data_dir, monkeypatch):
     monkeypatch.setenv("BIASUNLEARN_DATA", str(shared_data_dir))  # the real train split
-    worker = _bench().worker
+    worker = load_benchmark("train_speed").worker
     sizes = dict(steps=1, n_forget=1, n_retain=2, n_kl=1)
     base = worker("biasunlearn", str(tiny_model_dir), **sizes)
     pairs = {v: worker(v, str(tiny_model_dir), **sizes, pair_types=("gender",), n_pair=1, w_pair=0.8)
