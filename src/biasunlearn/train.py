@@ -378,7 +378,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     pools = build_pools(train_examples, cfg.loss_region, tasks, cfg.control_groups, cfg.protect_words,
                         cfg.protect_scope,
                         sentiment=cfg.positive_share > 0 or any(shares.values()),
-                        counterfactual=cfg.counterfactual_retain, kl_region=cfg.kl_region)
+                        counterfactual=cfg.counterfactual_retain, kl_region=cfg.kl_region,
+                        held_out=[*splits.control, *splits.report])
     swap = SwapState()
     history: list[dict[str, Any]] = []
     ckpt_dir = out / "checkpoints"

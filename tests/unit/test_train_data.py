@@ -1007,6 +1007,20 @@ def test_counterfactual_log_counts_stereotypes_not_copies(caplog):
     assert "gender 2 of 3 stereotypes" in line and "religion 1 of 1 stereotypes" in line  # religion: 2 copies
 
 
+def test_counterfactual_sharing_a_held_out_sentence_is_dropped(caplog):
+    # the schoolgirl counterfactual of "gb" repeats a held-out sentence (case and spacing ignored): it is
+    # dropped, the mother -> father one stays, and the log counts the drop
+    held = [_ex("h", "intrasentence", "A BLANK.", "the  SCHOOLGIRL was calm.", "x.", "y.", "gender")]
+    with caplog.at_level("INFO", logger="biasunlearn.methods.data"):
+        pools = build_pools(_cf_examples(), region="blank_only", counterfactual="gender", held_out=held)
+    assert {it.text for it in pools.cf_stereo["gender"]} == {"My father came home. He baked cookies."}
+    assert {it.text for it in pools.cf_anti["gender"]} == {"My father came home. He fixed the car."}
+    line = next(r.getMessage() for r in caplog.records if "counterfactual retention" in r.getMessage())
+    assert "gender 1 of 3 stereotypes" in line and "1 counterfactual(s) dropped" in line
+    # the originals are kept: only the added copies are checked
+    assert pools.counts() == build_pools(_cf_examples(), region="blank_only").counts()
+
+
 def test_counterfactuals_join_the_retain_pool_and_follow_swaps(byte_tok):
     pools = build_pools(_cf_examples(), region="blank_only", counterfactual="gender")
     s = ChunkStream(pools, byte_tok, 0, seed=3, adversarial_fraction=0.0, type_sampling="balanced")

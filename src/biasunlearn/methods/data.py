@@ -326,7 +326,8 @@ def text_item(ex: StereoExample, label: str) -> TrainItem:
 def build_pools(examples: Sequence[StereoExample], region: str = "from_blank",
                 tasks: Sequence[str] = ("intrasentence", "intersentence"), grouping: str = "type",
                 protect_words: str = "", protect_scope: str = "other", sentiment: bool = False,
-                counterfactual: str = "", kl_region: str = "loss") -> Pools:
+                counterfactual: str = "", kl_region: str = "loss",
+                held_out: Sequence[StereoExample] = ()) -> Pools:
     """Per-group pools (groups: :func:`group_key`), in bias-type order.
 
     ``protect_words``: comma-separated bias types (gender, race, religion) whose word lists are cut out
@@ -339,14 +340,20 @@ def build_pools(examples: Sequence[StereoExample], region: str = "from_blank",
 
     ``counterfactual``: comma-separated bias types whose stereotypes and anti-stereotypes get their
     counterfactuals (:func:`counterfactual_examples`, same loss region) in ``cf_stereo`` / ``cf_anti``,
-    which :class:`ChunkStream` adds to the retain pool (see the module docstring).
+    which :class:`ChunkStream` adds to the retain pool (see the module docstring). A counterfactual that
+    shares a sentence (normalised as in :func:`~biasunlearn.data.splits.check_no_leakage`) with
+    ``held_out`` (the control and report splits) is dropped, as in :func:`group_balanced`.
 
     ``kl_region``: ``loss`` (the unrelated sentences' loss region) or ``text`` (their whole text, see
     the module docstring)."""
     if kl_region not in KL_REGIONS:
         raise ConfigError(f"--kl-region: expected one of {', '.join(KL_REGIONS)}, got {kl_region!r}")
+    from biasunlearn.data.splits import normalize_text
+
     lists = protected_wordlists(protect_words, protect_scope)
     cf_lists = counterfactual_wordlists(counterfactual)
+    held = {normalize_text(s.text) for ex in held_out for s in ex.sentences} if cf_lists else set()
+    n_cf_held = 0
     stereo: dict[str, list[TrainItem]] = {}
     anti: dict[str, list[TrainItem]] = {}
     cf: dict[str, dict[str, list[TrainItem]]] = {"stereotype": {}, "anti-stereotype": {}}
@@ -368,6 +375,9 @@ def build_pools(examples: Sequence[StereoExample], region: str = "from_blank",
             stereo.setdefault(key, []).append(pair[0])  # type: ignore[arg-type]
             anti.setdefault(key, []).append(pair[1])  # type: ignore[arg-type]
             for cex in counterfactual_examples(ex, cf_lists[ex.bias_type]) if ex.bias_type in cf_lists else ():
+                if any(normalize_text(s.text) in held for s in cex.sentences):
+                    n_cf_held += 1
+                    continue
                 for label, orig in zip(("stereotype", "anti-stereotype"), pair, strict=True):
                     item = _protected(replace(loss_region(cex, label, region), sentiment=orig.sentiment),  # type: ignore[union-attr]
                                       ex.bias_type, lists, protect_scope)
@@ -387,7 +397,8 @@ def build_pools(examples: Sequence[StereoExample], region: str = "from_blank",
         # stereotypes with a counterfactual (a list of n columns gives each n - 1 of them)
         counts = ", ".join(f"{k} {len({it.example_id.rsplit(CF_ID_SUFFIX, 1)[0] for it in v})} of "
                            f"{len(stereo[k])} stereotypes" for k, v in cf["stereotype"].items())
-        log.info("counterfactual retention (%s): %s", ",".join(cf_lists), counts or "no group words found")
+        log.info("counterfactual retention (%s): %s; %d counterfactual(s) dropped for sharing a sentence with "
+                 "the control or report split", ",".join(cf_lists), counts or "no group words found", n_cf_held)
     order = sorted(stereo, key=lambda k: (BIAS_TYPES.index(k.split("/")[0]) if k.split("/")[0] in BIAS_TYPES
                                           else len(BIAS_TYPES), k))
     return Pools({t: stereo[t] for t in order}, {t: anti[t] for t in order}, unrelated,
