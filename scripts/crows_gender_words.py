@@ -8,7 +8,10 @@ the same move in both word groups whatever the stereotype direction.
     python scripts/crows_gender_words.py --data ../shared/data/crows_pairs/crows_pairs_anonymized.csv \
         --before results/base-smollm2/crows_pairs_predictions.json \
         --after results/biasunlearn-smollm2/crows_pairs_predictions.json \
-        [--train ../shared/data/stereoset/test.json]
+        [--train ../shared/data/stereoset/test.json] [--bias-type race-color]
+
+``--bias-type race-color`` splits the race-color pairs the same way by Black and white group words
+(``black / white``, ``white / black``, other) instead.
 """
 
 from __future__ import annotations
@@ -23,6 +26,10 @@ from biasunlearn.data.crows_pairs import load_crows_pairs
 
 FEMALE = r"she|her|hers|herself|woman|women|girl|girls|mother|mom|wife|lady|ladies|daughter|sister|female|girlfriend"
 MALE = r"he|him|his|himself|man|men|boy|boys|father|dad|husband|gentleman|son|brother|male|boyfriend|guy|guys"
+BLACK = r"black|blacks|african|africans|african-american|african-americans"
+WHITE = r"white|whites|caucasian|caucasians|european|europeans"
+#: --bias-type: (first group's name, its words, second group's name, its words)
+GROUPS = {"gender": ("female", FEMALE, "male", MALE), "race-color": ("black", BLACK, "white", WHITE)}
 
 
 def _words(pattern: str) -> re.Pattern[str]:
@@ -63,22 +70,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", required=True, type=Path, help="crows_pairs_anonymized.csv")
     ap.add_argument("--before", required=True, type=Path, help="crows_pairs_predictions.json before")
     ap.add_argument("--after", required=True, type=Path, help="crows_pairs_predictions.json after")
+    ap.add_argument("--bias-type", choices=sorted(GROUPS), default="gender",
+                    help="which CrowS-Pairs type to split, by its two groups' words (default gender)")
     ap.add_argument("--train", type=Path, help="also count the gendered words of a StereoSet file's stereotype "
                     "and anti-stereotype sentences per task and bias type (e.g. stereoset/test.json)")
     args = ap.parse_args(argv)
     fem, mal = _words(FEMALE), _words(MALE)
     if args.train:
         _count_words(args.train, fem, mal)
-    pairs = [p for p in load_crows_pairs(args.data) if p.bias_type == "gender"]
+    name_a, words_a, name_b, words_b = GROUPS[args.bias_type]
+    ga, gb = _words(words_a), _words(words_b)
+    pairs = [p for p in load_crows_pairs(args.data) if p.bias_type == args.bias_type]
     before, after = _scores(args.before), _scores(args.after)
     missing = [p.index for p in pairs if p.index not in before or p.index not in after]
     if missing:
-        sys.exit(f"--before/--after: {len(missing)} gender pair(s) missing, e.g. index {missing[0]}")
+        sys.exit(f"--before/--after: {len(missing)} {args.bias_type} pair(s) missing, e.g. index {missing[0]}")
     print("| sent_more / sent_less | direction | pairs | sent_more higher before | after "
           "| prefers stereotype before | after |")
     print("|---|---|---:|---:|---:|---:|---:|")
-    groups = (("female / male", lambda p: bool(fem.search(p.sent_more) and mal.search(p.sent_less))),
-              ("male / female", lambda p: bool(mal.search(p.sent_more) and fem.search(p.sent_less))))
+    groups = ((f"{name_a} / {name_b}", lambda p: bool(ga.search(p.sent_more) and gb.search(p.sent_less))),
+              (f"{name_b} / {name_a}", lambda p: bool(gb.search(p.sent_more) and ga.search(p.sent_less))))
     for label, test in (*groups, ("other", lambda p: not any(g(p) for _, g in groups))):
         for direction in ("stereo", "antistereo"):
             sel = [p for p in pairs if test(p) and p.direction == direction]
