@@ -75,9 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--train", type=Path, help="also count the gendered words of a StereoSet file's stereotype "
                     "and anti-stereotype sentences per task and bias type (e.g. stereoset/test.json)")
     args = ap.parse_args(argv)
-    fem, mal = _words(FEMALE), _words(MALE)
     if args.train:
-        _count_words(args.train, fem, mal)
+        _count_words(args.train, _words(FEMALE), _words(MALE))
     name_a, words_a, name_b, words_b = GROUPS[args.bias_type]
     ga, gb = _words(words_a), _words(words_b)
     pairs = [p for p in load_crows_pairs(args.data) if p.bias_type == args.bias_type]

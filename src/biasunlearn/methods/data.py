@@ -66,6 +66,7 @@ from typing import Generic, TypeVar
 import torch
 
 from biasunlearn.data.sentiment import DIRECTIONS, sentiment_direction
+from biasunlearn.data.splits import normalize_text
 from biasunlearn.data.stereoset import BIAS_TYPES, StereoExample
 from biasunlearn.errors import ConfigError
 from biasunlearn.packing import Packed, pack_sequences
@@ -238,6 +239,17 @@ def counterfactual_examples(ex: StereoExample, wordlist) -> list[StereoExample]:
     return out
 
 
+def held_texts(held_out: Sequence[StereoExample]) -> set[str]:
+    """The sentences of ``held_out`` (the control and report splits), normalised as in
+    :func:`~biasunlearn.data.splits.check_no_leakage`, for :func:`repeats_held`."""
+    return {normalize_text(s.text) for ex in held_out for s in ex.sentences}
+
+
+def repeats_held(ex: StereoExample, held: set[str]) -> bool:
+    """Whether a sentence of ``ex`` (a flipped copy) repeats one of ``held`` (:func:`held_texts`)."""
+    return any(normalize_text(s.text) in held for s in ex.sentences)
+
+
 def balance_wordlists(types: str) -> dict[str, object]:
     """``{bias type: word list}`` of ``--balance-words`` (comma-separated bias types), checked."""
     return type_wordlists(types, "--balance-words")
@@ -251,12 +263,10 @@ def group_balanced(examples: Sequence[StereoExample], types: str,
     :func:`~biasunlearn.data.splits.check_no_leakage`) with ``held_out`` (the control and report splits) is
     dropped: short sentences such as ``She speaks perfect English.`` occur in both. An empty ``types``
     returns ``examples`` unchanged."""
-    from biasunlearn.data.splits import normalize_text
-
     lists = balance_wordlists(types)
     if not lists:
         return list(examples)
-    held = {normalize_text(s.text) for ex in held_out for s in ex.sentences}
+    held = held_texts(held_out)
     extra: list[StereoExample] = []
     counts: dict[str, int] = {}
     n_held = 0
@@ -265,7 +275,7 @@ def group_balanced(examples: Sequence[StereoExample], types: str,
             if ex.bias_type in lists:
                 continue
             for cex in counterfactual_examples(ex, wordlist):
-                if any(normalize_text(s.text) in held for s in cex.sentences):
+                if repeats_held(cex, held):
                     n_held += 1
                     continue
                 extra.append(cex)
@@ -348,11 +358,9 @@ def build_pools(examples: Sequence[StereoExample], region: str = "from_blank",
     the module docstring)."""
     if kl_region not in KL_REGIONS:
         raise ConfigError(f"--kl-region: expected one of {', '.join(KL_REGIONS)}, got {kl_region!r}")
-    from biasunlearn.data.splits import normalize_text
-
     lists = protected_wordlists(protect_words, protect_scope)
     cf_lists = counterfactual_wordlists(counterfactual)
-    held = {normalize_text(s.text) for ex in held_out for s in ex.sentences} if cf_lists else set()
+    held = held_texts(held_out) if cf_lists else set()
     n_cf_held = 0
     stereo: dict[str, list[TrainItem]] = {}
     anti: dict[str, list[TrainItem]] = {}
@@ -375,7 +383,7 @@ def build_pools(examples: Sequence[StereoExample], region: str = "from_blank",
             stereo.setdefault(key, []).append(pair[0])  # type: ignore[arg-type]
             anti.setdefault(key, []).append(pair[1])  # type: ignore[arg-type]
             for cex in counterfactual_examples(ex, cf_lists[ex.bias_type]) if ex.bias_type in cf_lists else ():
-                if any(normalize_text(s.text) in held for s in cex.sentences):
+                if repeats_held(cex, held):
                     n_cf_held += 1
                     continue
                 for label, orig in zip(("stereotype", "anti-stereotype"), pair, strict=True):
