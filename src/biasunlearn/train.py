@@ -405,7 +405,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                          positive_share_types=shares, type_boost=parse_type_boost(cfg.type_boost),
                          pair_types=pair_types, n_pair=cfg.n_pair,
                          invariance=invariance_pairs(splits.train, cfg.invariance_types, tasks,
-                                                     cfg.invariance_scope)
+                                                     cfg.invariance_scope,
+                                                     held_out=[*splits.control, *splits.report])
                          if cfg.w_invariance > 0 else (), n_invariance=cfg.n_invariance)
     ccfg = ControlConfig(signal=cfg.control_signal, every=cfg.control_every, threshold=cfg.control_threshold,
                          z=cfg.control_z, tau=cfg.control_tau, grouping=cfg.control_groups,

@@ -1173,6 +1173,22 @@ def test_invariance_pairs_are_whole_sentences_and_their_counterfactuals():
         invariance_pairs(_cf_examples(), "gender", scope="own")
 
 
+def test_invariance_pair_sharing_a_held_out_sentence_is_dropped(caplog):
+    from biasunlearn.methods.data import invariance_pairs
+
+    # the flipped "The schoolgirl was calm." repeats a held-out sentence (case and spacing ignored): that
+    # pair is dropped, the two other schoolboy pairs and every other pair stay, and the log counts the drop
+    held = [_ex("h", "intrasentence", "A BLANK.", "the  SCHOOLGIRL was calm.", "x.", "y.", "gender")]
+    full = invariance_pairs(_cf_examples(), "gender")
+    with caplog.at_level("INFO", logger="biasunlearn.methods.data"):
+        kept = invariance_pairs(_cf_examples(), "gender", held_out=held)
+    assert [(_region(a), _region(b)) for a, b in full if _region(b) != "The schoolgirl was calm."] == \
+        [(_region(a), _region(b)) for a, b in kept]
+    assert len(kept) == len(full) - 1
+    line = next(r.getMessage() for r in caplog.records if "group-swap invariance" in r.getMessage())
+    assert f"{len(kept)} sentence / counterfactual pairs; 1 dropped" in line
+
+
 def test_stream_draws_invariance_pairs_and_collate_puts_them_last(byte_tok):
     from biasunlearn.methods.data import invariance_pairs
 

@@ -296,7 +296,8 @@ INVARIANCE_SCOPES = ("all", "other")
 
 def invariance_pairs(examples: Sequence[StereoExample], types: str,
                      tasks: Sequence[str] = ("intrasentence", "intersentence"),
-                     scope: str = "all") -> list[tuple[TrainItem, TrainItem]]:
+                     scope: str = "all", held_out: Sequence[StereoExample] = ()
+                     ) -> list[tuple[TrainItem, TrainItem]]:
     """``(sentence, counterfactual)`` pairs for the group-swap invariance term
     (:func:`~biasunlearn.methods.losses.swap_invariance_loss`): every stereotype, anti-stereotype and
     unrelated sentence of ``examples`` (all bias types) whose text changes when the group words of a
@@ -306,11 +307,17 @@ def invariance_pairs(examples: Sequence[StereoExample], types: str,
 
     ``scope="other"`` leaves out the stereotypes and anti-stereotypes of the listed type itself (a gender
     stereotype's preference over its counterfactual is the association the other terms unlearn); its
-    unrelated sentences and every sentence of the other types stay."""
+    unrelated sentences and every sentence of the other types stay.
+
+    A pair whose flipped sentence repeats a sentence of ``held_out`` (the control and report splits,
+    normalised as in :func:`~biasunlearn.data.splits.check_no_leakage`) is dropped, as in
+    :func:`group_balanced`: the term trains the model's log-probability of the flipped sentence too."""
     if scope not in INVARIANCE_SCOPES:
         raise ConfigError(f"--invariance-scope: expected one of {', '.join(INVARIANCE_SCOPES)}, got {scope!r}")
     lists = invariance_wordlists(types)
+    held = held_texts(held_out) if lists else set()
     out: list[tuple[TrainItem, TrainItem]] = []
+    n_held = 0
     for ex in examples:
         if ex.task not in tasks:
             continue
@@ -319,11 +326,15 @@ def invariance_pairs(examples: Sequence[StereoExample], types: str,
             for cex in counterfactual_examples(ex, wordlist):
                 for label in ("unrelated",) if own else ("stereotype", "anti-stereotype", "unrelated"):
                     a, b = loss_region(ex, label, "sentence"), loss_region(cex, label, "sentence")
-                    if a.text != b.text:
-                        out.append((a, b))
+                    if a.text == b.text:
+                        continue
+                    if normalize_text(cex.by_label(label).text) in held:
+                        n_held += 1
+                        continue
+                    out.append((a, b))
     if lists:
-        log.info("group-swap invariance (%s, scope %s): %d sentence / counterfactual pairs", ",".join(lists), scope,
-                 len(out))
+        log.info("group-swap invariance (%s, scope %s): %d sentence / counterfactual pairs; %d dropped for "
+                 "sharing a sentence with the control or report split", ",".join(lists), scope, len(out), n_held)
     return out
 
 
