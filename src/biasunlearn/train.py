@@ -37,6 +37,7 @@ from biasunlearn.methods.data import (
     SwapState,
     build_pools,
     collate_chunk,
+    draw_balance_wordlist,
     group_balanced,
     invariance_pairs,
     parse_type_boost,
@@ -133,6 +134,10 @@ class TrainConfig:
             example of the other types with one of their group words joins the train data again with the
             words flipped, so no type's sentences favour one group (an extension outside the paper; see
             biasunlearn.methods.data, "Group-balanced data"); empty = off.
+        draw_balance: one bias type with a word list (gender, race, religion): within each bias type's
+            forget, retain and pair draws, the sentences naming only one of its groups are drawn equally
+            often per group, those naming none or several keep their share (an extension outside the
+            paper; see biasunlearn.methods.data.ChunkStream); empty = off (drawn as the pools hold them).
         pair_types: comma-separated bias types whose stereotype / anti-stereotype pairs get the pairwise term
             (an extension outside the paper, DPO's form on the same pair; see
             biasunlearn.methods.losses.pairwise_loss); empty = off (the paper's objective).
@@ -208,6 +213,7 @@ class TrainConfig:
     positive_share_types: str = ""
     counterfactual_retain: str = ""
     balance_words: str = ""
+    draw_balance: str = ""
     pair_types: str = ""
     n_pair: int = 4
     w_pair: float = 0.4
@@ -244,6 +250,10 @@ class TrainConfig:
             from biasunlearn.methods.data import balance_wordlists
 
             balance_wordlists(self.balance_words)
+        if self.draw_balance:
+            from biasunlearn.methods.data import draw_balance_wordlist
+
+            draw_balance_wordlist(self.draw_balance)
         if self.invariance_types:
             from biasunlearn.methods.data import invariance_wordlists
 
@@ -302,6 +312,7 @@ class TrainConfig:
         opt_in = {"positive_share": "--positive-share", "positive_share_types": "--positive-share-types",
                   "type_boost": "--type-boost", "counterfactual_retain": "--counterfactual-retain",
                   "protect_words": "--protect-words", "balance_words": "--balance-words",
+                  "draw_balance": "--draw-balance",
                   "pair_types": "--pair-types",
                   "invariance_types": "--invariance-types"}
         flags = [flag for name, flag in opt_in.items() if getattr(self, name)]
@@ -407,7 +418,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                          invariance=invariance_pairs(splits.train, cfg.invariance_types, tasks,
                                                      cfg.invariance_scope,
                                                      held_out=[*splits.control, *splits.report])
-                         if cfg.w_invariance > 0 else (), n_invariance=cfg.n_invariance)
+                         if cfg.w_invariance > 0 else (), n_invariance=cfg.n_invariance,
+                         draw_balance=draw_balance_wordlist(cfg.draw_balance))
     ccfg = ControlConfig(signal=cfg.control_signal, every=cfg.control_every, threshold=cfg.control_threshold,
                          z=cfg.control_z, tau=cfg.control_tau, grouping=cfg.control_groups,
                          swapping=method.swapping, on_reversed=cfg.on_reversed,

@@ -855,6 +855,86 @@ def test_positive_share_checks(byte_tok):
         ChunkStream(_sentiment_pools(), byte_tok, 0, positive_share=1.5)
 
 
+# --------------------------------------------------------------------------------------------------
+# --draw-balance: draws balanced by the group a sentence names
+# --------------------------------------------------------------------------------------------------
+
+
+def test_group_tag_and_weights_by_hand():
+    from biasunlearn.baselines.cafie import load_wordlist
+    from biasunlearn.methods.data import group_tag, group_weights
+
+    wl = load_wordlist("gender")  # column 0 male, 1 female
+    assert group_tag("My mother came home. She baked.", wl) == "1"
+    assert group_tag("The schoolboy was rowdy.", wl) == "0"
+    assert group_tag("He met her.", wl) == ""  # both groups
+    assert group_tag("Rain falls.", wl) == ""  # none
+    # 2 without a single group keep 2/10; the other 8/10 split equally between the groups, not 6 : 2
+    assert group_weights(["1"] * 6 + ["0"] * 2 + [""] * 2) == pytest.approx({"": 0.2, "0": 0.4, "1": 0.4})
+    assert group_weights(["1", "1", ""]) == pytest.approx({"": 1 / 3, "1": 2 / 3})  # one group present
+    assert group_weights(["0", "1", "1", "1"]) == pytest.approx({"0": 0.5, "1": 0.5})
+    assert group_weights([]) == {}
+
+
+def _gender_draw_pools():
+    """gender pool: 6 examples about a mother, 2 about a father, 2 naming nobody."""
+    exs = [_ex(f"f{k}", "intersentence", f"My mother {k}.", f"She f{k} stereo.", f"She f{k} anti.",
+               f"f{k} U.", "gender") for k in range(6)]
+    exs += [_ex(f"m{k}", "intersentence", f"My father {k}.", f"He m{k} stereo.", f"He m{k} anti.",
+                f"m{k} U.", "gender") for k in range(2)]
+    exs += [_ex(f"n{k}", "intersentence", f"A guest {k}.", f"They n{k} stereo.", f"They n{k} anti.",
+                f"n{k} U.", "gender") for k in range(2)]
+    return build_pools(exs)
+
+
+def _group_shares(tok, chunks, role: str) -> dict[str, float]:
+    texts = _decoded(tok, chunks, role)
+    return {g: sum(f"My {w}" in t for t in texts) / len(texts) for g, w in (("0", "father"), ("1", "mother"))}
+
+
+def test_draw_balance_splits_the_draws_equally_between_the_groups(byte_tok):
+    from biasunlearn.baselines.cafie import load_wordlist
+
+    pools = _gender_draw_pools()
+    kw = dict(adversarial_fraction=0.0, pair_types=("gender",), n_pair=4, seed=5)
+    off = _take(ChunkStream(pools, byte_tok, 0, **kw), 150)
+    on = _take(ChunkStream(pools, byte_tok, 0, draw_balance=load_wordlist("gender"), **kw), 150)
+    got_off = _group_shares(byte_tok, off, "retain")
+    assert got_off == pytest.approx({"0": 0.2, "1": 0.6}, abs=0.04)  # as the pool holds them
+    for role in ("forget", "retain", "pair_rejected", "pair_chosen"):
+        assert _group_shares(byte_tok, on, role) == pytest.approx({"0": 0.4, "1": 0.4}, abs=0.05), role
+    # every sentence still comes up, and nothing outside the pools
+    assert set(_decoded(byte_tok, on, "retain")) == _texts(pools.anti["gender"])
+    assert set(_decoded(byte_tok, on, "forget")) == _texts(pools.stereo["gender"])
+    # pairs stay pairs: the chosen sentence is the rejected one's partner
+    for ch in on[:20]:
+        for r, c in zip(ch["pair_rejected"], ch["pair_chosen"], strict=True):
+            assert byte_tok.decode(r.input_ids[1:]).replace("stereo", "anti") == byte_tok.decode(c.input_ids[1:])
+
+
+def test_draw_balance_follows_swaps(byte_tok):
+    from biasunlearn.baselines.cafie import load_wordlist
+
+    pools = _gender_draw_pools()
+    s = ChunkStream(pools, byte_tok, 0, seed=2, adversarial_fraction=0.0, draw_balance=load_wordlist("gender"),
+                    swap_state=SwapState({"gender": True}))
+    chunks = _take(s, 150)
+    assert set(_decoded(byte_tok, chunks, "retain")) == _texts(pools.stereo["gender"])
+    assert _group_shares(byte_tok, chunks, "retain") == pytest.approx({"0": 0.4, "1": 0.4}, abs=0.05)
+
+
+def test_draw_balance_checks():
+    from biasunlearn.methods.data import draw_balance_wordlist
+    from biasunlearn.train import TrainConfig
+
+    assert draw_balance_wordlist("") is None
+    assert draw_balance_wordlist("gender").n_columns == 2
+    with pytest.raises(ConfigError, match=r"^--draw-balance: expected one bias type"):
+        TrainConfig(draw_balance="gender,race")
+    with pytest.raises(ConfigError, match=r"^--draw-balance: expected bias types with a word list"):
+        TrainConfig(draw_balance="profession")
+
+
 def _two_type_sentiment_pools():
     """race and gender pools, each with 9 negative-stereotype and 3 positive-stereotype examples."""
     exs = []
@@ -1104,7 +1184,8 @@ CHUNK_OPTIONS = [("pair_types", "gender", "--pair-types"), ("positive_share", 0.
                  ("positive_share_types", "gender=0.75", "--positive-share-types"),
                  ("type_boost", "gender=3", "--type-boost"),
                  ("counterfactual_retain", "gender", "--counterfactual-retain"),
-                 ("protect_words", "gender", "--protect-words"), ("invariance_types", "gender", "--invariance-types")]
+                 ("protect_words", "gender", "--protect-words"), ("invariance_types", "gender", "--invariance-types"),
+                 ("draw_balance", "gender", "--draw-balance")]
 
 
 @pytest.mark.parametrize("method", ["dpo", "biasedit"])

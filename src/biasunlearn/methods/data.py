@@ -491,6 +491,37 @@ def sentiment_weights(items: Sequence[TrainItem], positive_share: float = 0.5) -
     return out
 
 
+def draw_balance_wordlist(types: str):
+    """The word list of ``--draw-balance`` (one bias type with a word list), or None when it is empty."""
+    lists = type_wordlists(types, "--draw-balance")
+    if len(lists) > 1:
+        raise ConfigError(f"--draw-balance: expected one bias type, got {', '.join(lists)}")
+    return next(iter(lists.values()), None)
+
+
+def group_tag(text: str, wordlist) -> str:
+    """The column (``"0"``, ``"1"``, ...: the group) of ``wordlist`` that every group word of ``text``
+    belongs to; ``""`` when ``text`` has no group word or words of several groups."""
+    cols = {m.column for m in wordlist.find(text)}
+    return str(cols.pop()) if len(cols) == 1 else ""
+
+
+def group_weights(tags: Sequence[str]) -> dict[str, float]:
+    """Probability of drawing each group tag (:func:`group_tag`) from a pool with these ``tags``: the items
+    of no single group (tag ``""``) keep their share of the pool, the rest is split equally between the
+    groups present, whatever their own counts (see ``draw_balance`` of :class:`ChunkStream`)."""
+    if not tags:
+        return {}
+    counts: dict[str, int] = {}
+    for t in tags:
+        counts[t] = counts.get(t, 0) + 1
+    out = {"": counts[""] / len(tags)} if counts.get("") else {}
+    groups = sorted(g for g in counts if g)
+    for g in groups:
+        out[g] = (1 - out.get("", 0.0)) / len(groups)
+    return out
+
+
 def _parse_type_values(spec: str, flag: str, what: str, valid: Callable[[float], bool], rule: str
                        ) -> dict[str, float]:
     """``"gender=A,race=B"`` -> ``{"gender": A, "race": B}``; empty -> ``{}``. Each name must be a
@@ -609,6 +640,14 @@ class ChunkStream(torch.utils.data.IterableDataset):
     ``invariance`` / ``n_invariance`` (an extension outside the paper, off by default): each chunk also
     holds ``n_invariance`` sentence / counterfactual pairs (:func:`invariance_pairs`, cycled), under
     ``inv_orig`` and ``inv_flip``.
+
+    ``draw_balance`` (a word list, e.g. gender's; None = off, an extension outside the paper): within
+    each bias type's forget and retain pools (after the sentiment direction, when ``positive_share`` is
+    on) and its pairs, the items whose text (an intersentence candidate's context included) names only
+    one of the list's groups are drawn equally often per group, and those naming none or several keep
+    their share (:func:`group_tag`, :func:`group_weights`). StereoSet's gender sentences name women more
+    often than men (about 61 : 39 in the train split's intrasentence examples), so without it the forget
+    and retention terms act on what follows a female word more than on what follows a male one.
     """
 
     def __init__(self, pools: Pools, tokenizer, start_id: int, *, n_forget: int = 4, n_retain: int = 28,
@@ -618,7 +657,7 @@ class ChunkStream(torch.utils.data.IterableDataset):
                  positive_share_types: dict[str, float] | None = None,
                  type_boost: dict[str, float] | None = None, pair_types: Sequence[str] = (),
                  n_pair: int = 0, invariance: Sequence[tuple[TrainItem, TrainItem]] = (),
-                 n_invariance: int = 0) -> None:
+                 n_invariance: int = 0, draw_balance=None) -> None:
         super().__init__()
         if not 0.0 <= adversarial_fraction <= 1.0:
             raise ConfigError(f"--adversarial-fraction must be in [0, 1], got {adversarial_fraction}")
@@ -654,6 +693,14 @@ class ChunkStream(torch.utils.data.IterableDataset):
             raise ConfigError(f"--n-invariance must be >= 0, got {n_invariance}")
         self.invariance = list(invariance)
         self.n_invariance = n_invariance if self.invariance else 0
+        self.draw_balance = draw_balance
+        self._tags: dict[str, str] = {}
+        if draw_balance is not None:
+            log.info("draws balanced by %s groups (sentences of group %s / none or several), forget | retain: %s",
+                     draw_balance.name, ", ".join(str(c) for c in range(draw_balance.n_columns)), "; ".join(
+                         f"{t} " + " | ".join("/".join(str(n) for n in self.group_counts(items))
+                                              for items in (pools.stereo[t], pools.anti[t]))
+                         for t in pools.stereo))
         #: per pool key, (stereotype, anti-stereotype) of each example that has both
         self.pairs: dict[str, list[tuple[TrainItem, TrainItem]]] = {}
         for t in pools.stereo:
@@ -665,6 +712,17 @@ class ChunkStream(torch.utils.data.IterableDataset):
         # stereotypes, used when the type is swapped).
         self.adv_anti = {t: rng.sample(v, round(adversarial_fraction * len(v))) for t, v in pools.anti.items()}
         self.adv_stereo = {t: rng.sample(v, round(adversarial_fraction * len(v))) for t, v in pools.stereo.items()}
+
+    def tag(self, item: TrainItem) -> str:
+        """The item's group tag under ``draw_balance`` (:func:`group_tag`, cached by text)."""
+        if item.text not in self._tags:
+            self._tags[item.text] = group_tag(item.text, self.draw_balance)
+        return self._tags[item.text]
+
+    def group_counts(self, items: Sequence[TrainItem]) -> list[int]:
+        """How many of ``items`` name only group 0, only group 1, ... and none or several (last)."""
+        tags = [self.tag(it) for it in items]
+        return [tags.count(str(c)) for c in range(self.draw_balance.n_columns)] + [tags.count("")]
 
     def share_for(self, t: str) -> float:
         """The positive share of pool key ``t`` (0 = draw in proportion to the pool)."""
@@ -689,8 +747,21 @@ class ChunkStream(torch.utils.data.IterableDataset):
         types = list(self.pools.stereo)
         cyclers: dict[tuple[str, str, bool, str], _Cycler] = {}
         directions: dict[tuple[str, str, bool], tuple[list[str], list[float]]] = {}
+        groups: dict[tuple, tuple[list[str], list[float]]] = {}
         kl = _Cycler(self.pools.unrelated, rng)
         pair_cyclers = {t: _Cycler(v, rng) for t, v in self.pairs.items()}
+        pair_groups: dict[str, dict[str, _Cycler]] = {}
+
+        def pick_group(key: tuple, items: Sequence[TrainItem]) -> str:
+            """A group tag for the next draw from ``items`` (``""``, and no random draw, when the option is
+            off); ``key`` caches the weights."""
+            if self.draw_balance is None:
+                return ""
+            if key not in groups:
+                w = group_weights([self.tag(it) for it in items])
+                groups[key] = (list(w), list(w.values()))
+            names, probs = groups[key]
+            return rng.choices(names, weights=probs)[0]
         invariance = _Cycler(self.invariance, rng) if self.n_invariance else None
 
         def draw(role: str, n: int) -> list[Encoded]:
@@ -707,10 +778,12 @@ class ChunkStream(torch.utils.data.IterableDataset):
                         directions[base] = (list(w), list(w.values()))
                     names, probs = directions[base]
                     direction = rng.choices(names, weights=probs)[0]
-                key = (*base, direction)
+                items = [it for it in pools[t] if it.sentiment == direction] if direction else pools[t]
+                group = pick_group((*base, direction), items)
+                key = (*base, direction, group)
                 if key not in cyclers:
-                    items = [it for it in pools[t] if it.sentiment == direction] if direction else pools[t]
-                    cyclers[key] = _Cycler(items, rng)
+                    cyclers[key] = _Cycler([it for it in items if self.tag(it) == group]
+                                           if self.draw_balance is not None else items, rng)
                 out.append(encode_item(self.tokenizer, cyclers[key].next(), self.start_id, self.max_length))
             return out
 
@@ -718,7 +791,14 @@ class ChunkStream(torch.utils.data.IterableDataset):
             live = [t for t in self.pairs if not self.swap_state.is_resting(t) and self.pairs[t]]
             rejected, chosen = [], []
             for t in rng.choices(live, weights=[len(self.pairs[t]) for t in live], k=self.n_pair) if live else []:
-                stereo, anti = pair_cyclers[t].next()
+                if self.draw_balance is None:
+                    stereo, anti = pair_cyclers[t].next()
+                else:  # by the stereotype's group
+                    group = pick_group(("pair", t), [a for a, _ in self.pairs[t]])
+                    by_group = pair_groups.setdefault(t, {})
+                    if group not in by_group:
+                        by_group[group] = _Cycler([p for p in self.pairs[t] if self.tag(p[0]) == group], rng)
+                    stereo, anti = by_group[group].next()
                 lose, win = (anti, stereo) if self.swap_state.is_swapped(t) else (stereo, anti)
                 rejected.append(encode_item(self.tokenizer, lose, self.start_id, self.max_length))
                 chosen.append(encode_item(self.tokenizer, win, self.start_id, self.max_length))
