@@ -205,6 +205,7 @@ def test_new_training_options_are_validated_with_the_flag_named(tiny_model_dir, 
              (dict(counterfactual_retain="profession"), "--counterfactual-retain"),
              (dict(balance_words="profession"), "--balance-words"),
              (dict(method="dpo", balance_words="gender"), "--balance-words"),
+             (dict(draw_balance="profession"), "--draw-balance"),
              (dict(positive_share_types="gender=1.5"), "--positive-share-types"),
              (dict(type_boost="gender=0"), "--type-boost"), (dict(save_steps=0), "--save-steps"),
              (dict(save_total_limit=-1), "--save-total-limit"), (dict(pair_types="gender,caste"), "--pair-types"),
@@ -335,3 +336,24 @@ def test_balance_words_adds_flipped_copies_of_the_other_types_to_the_pools(tiny_
         assert [s.text for s in e.sentences] != [s.text for s in orig.sentences]
     prov = json.loads((tmp_path / "bal" / "adapter" / "provenance.json").read_text())
     assert prov["config"]["balance_words"] == "gender"
+
+
+def test_draw_balance_reaches_the_chunk_stream_and_the_provenance(tiny_model_dir, fixture_data_dir, tmp_path,
+                                                                  monkeypatch, caplog):
+    import biasunlearn.train as train_mod
+
+    seen = []
+    real = train_mod.ChunkStream
+
+    def spy(*a, **k):
+        seen.append(k.get("draw_balance"))
+        return real(*a, **k)
+
+    monkeypatch.setattr(train_mod, "ChunkStream", spy)
+    with caplog.at_level("INFO", logger="biasunlearn.methods.data"):
+        train(_cfg(tiny_model_dir, fixture_data_dir, tmp_path / "bal", max_steps=1, draw_balance="gender"))
+    train(_cfg(tiny_model_dir, fixture_data_dir, tmp_path / "plain", max_steps=1))
+    assert seen[0] is not None and seen[0].name == "gender" and seen[1] is None
+    assert any("draws balanced by gender groups" in r.getMessage() for r in caplog.records)
+    prov = json.loads((tmp_path / "bal" / "adapter" / "provenance.json").read_text())
+    assert prov["config"]["draw_balance"] == "gender"
