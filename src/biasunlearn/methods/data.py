@@ -722,6 +722,12 @@ class ChunkStream(torch.utils.data.IterableDataset):
             self._tags[item.text] = group_tag(item.text, self.draw_balance)
         return self._tags[item.text]
 
+    def of_group(self, items: Sequence[T], group: str, key: Callable[[T], TrainItem] = lambda it: it) -> list[T]:
+        """The ``items`` whose (``key``'s) group tag is ``group``; all of them when ``draw_balance`` is off."""
+        if self.draw_balance is None:
+            return list(items)
+        return [it for it in items if self.tag(key(it)) == group]
+
     def group_counts(self, items: Sequence[TrainItem]) -> list[int]:
         """How many of ``items`` name only group 0, only group 1, ... and none or several (last)."""
         tags = [self.tag(it) for it in items]
@@ -752,8 +758,7 @@ class ChunkStream(torch.utils.data.IterableDataset):
         directions: dict[tuple[str, str, bool], tuple[list[str], list[float]]] = {}
         groups: dict[tuple, tuple[list[str], list[float]]] = {}
         kl = _Cycler(self.pools.unrelated, rng)
-        pair_cyclers = {t: _Cycler(v, rng) for t, v in self.pairs.items()}
-        pair_groups: dict[str, dict[str, _Cycler]] = {}
+        pair_cyclers: dict[tuple[str, str], _Cycler] = {}
 
         def pick_group(key: tuple, items: Sequence[TrainItem]) -> str:
             """A group tag for the next draw from ``items`` (``""``, and no random draw, when the option is
@@ -785,8 +790,7 @@ class ChunkStream(torch.utils.data.IterableDataset):
                 group = pick_group((*base, direction), items)
                 key = (*base, direction, group)
                 if key not in cyclers:
-                    cyclers[key] = _Cycler([it for it in items if self.tag(it) == group]
-                                           if self.draw_balance is not None else items, rng)
+                    cyclers[key] = _Cycler(self.of_group(items, group), rng)
                 out.append(encode_item(self.tokenizer, cyclers[key].next(), self.start_id, self.max_length))
             return out
 
@@ -794,14 +798,10 @@ class ChunkStream(torch.utils.data.IterableDataset):
             live = [t for t in self.pairs if not self.swap_state.is_resting(t) and self.pairs[t]]
             rejected, chosen = [], []
             for t in rng.choices(live, weights=[len(self.pairs[t]) for t in live], k=self.n_pair) if live else []:
-                if self.draw_balance is None:
-                    stereo, anti = pair_cyclers[t].next()
-                else:  # by the stereotype's group
-                    group = pick_group(("pair", t), [a for a, _ in self.pairs[t]])
-                    by_group = pair_groups.setdefault(t, {})
-                    if group not in by_group:
-                        by_group[group] = _Cycler([p for p in self.pairs[t] if self.tag(p[0]) == group], rng)
-                    stereo, anti = by_group[group].next()
+                group = pick_group(("pair", t), [a for a, _ in self.pairs[t]])  # by the stereotype's group
+                if (t, group) not in pair_cyclers:
+                    pair_cyclers[(t, group)] = _Cycler(self.of_group(self.pairs[t], group, key=lambda p: p[0]), rng)
+                stereo, anti = pair_cyclers[(t, group)].next()
                 lose, win = (anti, stereo) if self.swap_state.is_swapped(t) else (stereo, anti)
                 rejected.append(encode_item(self.tokenizer, lose, self.start_id, self.max_length))
                 chosen.append(encode_item(self.tokenizer, win, self.start_id, self.max_length))
