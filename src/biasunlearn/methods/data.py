@@ -754,22 +754,25 @@ class ChunkStream(torch.utils.data.IterableDataset):
         info = torch.utils.data.get_worker_info()
         rng = random.Random(self.seed * 1000 + (info.id if info else 0) + 1)
         types = list(self.pools.stereo)
-        cyclers: dict[tuple[str, str, bool, str, str], _Cycler] = {}
+        cyclers: dict[tuple, _Cycler] = {}
         directions: dict[tuple[str, str, bool], tuple[list[str], list[float]]] = {}
         groups: dict[tuple, tuple[list[str], list[float]]] = {}
         kl = _Cycler(self.pools.unrelated, rng)
-        pair_cyclers: dict[tuple[str, str], _Cycler] = {}
 
-        def pick_group(key: tuple, items: Sequence[TrainItem]) -> str:
-            """A group tag for the next draw from ``items`` (``""``, and no random draw, when the option is
-            off); ``key`` caches the weights."""
-            if self.draw_balance is None:
-                return ""
-            if key not in groups:
-                w = group_weights([self.tag(it) for it in items])
-                groups[key] = (list(w), list(w.values()))
-            names, probs = groups[key]
-            return rng.choices(names, weights=probs)[0]
+        def next_of(key: tuple, items: Sequence[T], item_of: Callable[[T], TrainItem] = lambda it: it) -> T:
+            """The next of ``items`` from the cycler of ``key`` and the drawn group: with ``draw_balance``
+            a group tag (of ``item_of(it)``) is drawn first, by weights that ``key`` caches; without it the
+            group is ``""`` and there is no random draw."""
+            group = ""
+            if self.draw_balance is not None:
+                if key not in groups:
+                    w = group_weights([self.tag(item_of(it)) for it in items])
+                    groups[key] = (list(w), list(w.values()))
+                names, probs = groups[key]
+                group = rng.choices(names, weights=probs)[0]
+            if (*key, group) not in cyclers:
+                cyclers[(*key, group)] = _Cycler(self.of_group(items, group, key=item_of), rng)
+            return cyclers[(*key, group)].next()
         invariance = _Cycler(self.invariance, rng) if self.n_invariance else None
 
         def draw(role: str, n: int) -> list[Encoded]:
@@ -787,21 +790,15 @@ class ChunkStream(torch.utils.data.IterableDataset):
                     names, probs = directions[base]
                     direction = rng.choices(names, weights=probs)[0]
                 items = [it for it in pools[t] if it.sentiment == direction] if direction else pools[t]
-                group = pick_group((*base, direction), items)
-                key = (*base, direction, group)
-                if key not in cyclers:
-                    cyclers[key] = _Cycler(self.of_group(items, group), rng)
-                out.append(encode_item(self.tokenizer, cyclers[key].next(), self.start_id, self.max_length))
+                out.append(encode_item(self.tokenizer, next_of((*base, direction), items), self.start_id,
+                                       self.max_length))
             return out
 
         def draw_pairs() -> tuple[list[Encoded], list[Encoded]]:
             live = [t for t in self.pairs if not self.swap_state.is_resting(t) and self.pairs[t]]
             rejected, chosen = [], []
             for t in rng.choices(live, weights=[len(self.pairs[t]) for t in live], k=self.n_pair) if live else []:
-                group = pick_group(("pair", t), [a for a, _ in self.pairs[t]])  # by the stereotype's group
-                if (t, group) not in pair_cyclers:
-                    pair_cyclers[(t, group)] = _Cycler(self.of_group(self.pairs[t], group, key=lambda p: p[0]), rng)
-                stereo, anti = pair_cyclers[(t, group)].next()
+                stereo, anti = next_of(("pair", t), self.pairs[t], item_of=lambda p: p[0])  # the stereotype's group
                 lose, win = (anti, stereo) if self.swap_state.is_swapped(t) else (stereo, anti)
                 rejected.append(encode_item(self.tokenizer, lose, self.start_id, self.max_length))
                 chosen.append(encode_item(self.tokenizer, win, self.start_id, self.max_length))
